@@ -1,0 +1,326 @@
+"""Token shards: zstd-compressed frames of tokens behind a checksummed header and frame index.
+
+The byte layout is documented in data/FORMAT.md; this file is its only implementation.
+`write_shards` cuts a token stream into shard files; `TokenDataset` memory-maps them and
+decompresses only the frames a slice touches, keeping a few recent frames decompressed.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+import tempfile
+import zlib
+from collections import OrderedDict
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import zstandard
+
+MAGIC = b"GRKTOKS\x00"
+FORMAT_VERSION = 1
+SHARD_SUFFIX = ".tok"
+
+# Little-endian header, 64 bytes; the last 4 bytes are a CRC32 of the first 60.
+#   magic, version, itemsize, 3 reserved bytes, vocab_size, frame_tokens,
+#   token_count, n_frames, index_offset, index_crc32, 8 reserved bytes
+HEADER = struct.Struct("<8sIB3xIIQQQI8x")
+HEADER_SIZE = HEADER.size + 4
+# One index entry per frame: offset of its payload, compressed size, CRC32 of the compressed payload.
+# With the header CRC and the index CRC (in the header), every byte of a shard is under a checksum;
+# zstd's own content checksum inside each frame then verifies the decompression itself.
+INDEX_ENTRY = np.dtype([("offset", "<u8"), ("size", "<u4"), ("crc32", "<u4")])
+
+DEFAULT_SHARD_TOKENS = 1 << 26  # 64M tokens (128 MiB of uint16 before compression)
+DEFAULT_FRAME_TOKENS = 1 << 13  # 8192: a 1025-token window touches one or two frames
+DEFAULT_LEVEL = 9
+
+
+class ShardFormatError(ValueError):
+    """A shard file is malformed: the message names the file, the frame if any, and the fault."""
+
+
+def token_dtype(vocab_size: int) -> np.dtype:
+    """Smallest unsigned dtype holding every id below `vocab_size`: uint16 up to 65536, else uint32."""
+    if not 0 < vocab_size <= 1 << 32:
+        raise ValueError(f"vocab_size must be in [1, 2**32], got {vocab_size}")
+    return np.dtype("<u2") if vocab_size <= 1 << 16 else np.dtype("<u4")
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing
+
+
+def _write_atomically(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write to a temp file in the same directory, fsync, then rename over `path`.
+
+    A crash at any point leaves either no file or the previous one, never a partial shard under
+    the final name (and a partial temp file fails the header and index checks anyway).
+    """
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)  # make the rename itself durable
+    finally:
+        os.close(dir_fd)
+
+
+def _encode_shard(tokens: np.ndarray, vocab_size: int, frame_tokens: int, level: int) -> list[bytes]:
+    """Bytes of one shard file holding `tokens` (already of the shard dtype), as a list of chunks."""
+    compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+    n_frames = -(-len(tokens) // frame_tokens)
+    index = np.zeros(n_frames, dtype=INDEX_ENTRY)
+    payloads = []
+    offset = HEADER_SIZE
+    for i in range(n_frames):
+        raw = tokens[i * frame_tokens : (i + 1) * frame_tokens].tobytes()
+        payload = compressor.compress(raw)
+        index[i] = (offset, len(payload), zlib.crc32(payload))
+        payloads.append(payload)
+        offset += len(payload)
+    index_bytes = index.tobytes()
+    header = HEADER.pack(
+        MAGIC, FORMAT_VERSION, tokens.dtype.itemsize, vocab_size, frame_tokens,
+        len(tokens), n_frames, offset, zlib.crc32(index_bytes),
+    )
+    return [header, struct.pack("<I", zlib.crc32(header)), *payloads, index_bytes]
+
+
+def write_shards(
+    token_arrays: Iterable[np.ndarray],
+    out_dir: str | os.PathLike,
+    vocab_size: int,
+    *,
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+    frame_tokens: int = DEFAULT_FRAME_TOKENS,
+    level: int = DEFAULT_LEVEL,
+    eot: int | None = None,
+    prefix: str = "shard",
+) -> list[Path]:
+    """Concatenate `token_arrays` into shard files `out_dir/{prefix}-00000.tok`, ... and return their paths.
+
+    Args:
+        token_arrays: 1-D integer numpy arrays (documents), each < vocab_size and >= 0.
+        out_dir: directory to write into (created if missing).
+        vocab_size: number of token ids; decides the stored dtype (uint16 if <= 65536, else uint32).
+        shard_tokens: tokens per shard file (the last one is shorter).
+        frame_tokens: tokens per independently compressed zstd frame (the last one is shorter).
+        level: zstd compression level.
+        eot: if given, this token id is appended after every document.
+        prefix: shard file name prefix, so several splits can share a directory.
+
+    Every shard is written atomically (temp file, fsync, rename).
+    """
+    dtype = token_dtype(vocab_size)
+    if shard_tokens < 1 or frame_tokens < 1:
+        raise ValueError(f"shard_tokens and frame_tokens must be >= 1, got {shard_tokens}, {frame_tokens}")
+    if eot is not None and not 0 <= eot < vocab_size:
+        raise ValueError(f"eot token {eot} is outside the vocabulary [0, {vocab_size})")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    eot_array = None if eot is None else np.array([eot], dtype=dtype)
+
+    paths: list[Path] = []
+    pending: list[np.ndarray] = []
+    n_pending = 0
+
+    def flush(n: int) -> None:
+        nonlocal pending, n_pending
+        joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
+        shard, rest = joined[:n], joined[n:]
+        path = out_dir / f"{prefix}-{len(paths):05d}{SHARD_SUFFIX}"
+        _write_atomically(path, _encode_shard(shard, vocab_size, frame_tokens, level))
+        paths.append(path)
+        pending, n_pending = ([rest], len(rest)) if len(rest) else ([], 0)
+
+    for doc_index, doc in enumerate(token_arrays):
+        doc = np.asarray(doc)
+        if doc.ndim != 1 or not np.issubdtype(doc.dtype, np.integer):
+            raise ValueError(f"document {doc_index}: expected a 1-D integer array, got {doc.dtype}{doc.shape}")
+        if len(doc) and (doc.min() < 0 or doc.max() >= vocab_size):
+            bad = doc[(doc < 0) | (doc >= vocab_size)][0]
+            raise ValueError(f"document {doc_index}: token {bad} is outside the vocabulary [0, {vocab_size})")
+        for part in (doc.astype(dtype, copy=False), eot_array):
+            if part is not None and len(part):
+                pending.append(part)
+                n_pending += len(part)
+        while n_pending >= shard_tokens:
+            flush(shard_tokens)
+    if n_pending:
+        flush(n_pending)
+    return paths
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading
+
+
+class _Shard:
+    """One shard file: validated header and index; frames decompressed on demand."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._mmap = None  # opened lazily per process, so a dataset survives fork
+        self._pid = None
+        with open(path, "rb") as f:
+            head = f.read(HEADER_SIZE)
+            size = os.fstat(f.fileno()).st_size
+        if len(head) < HEADER_SIZE:
+            raise self.error(f"truncated: {size} bytes, shorter than the {HEADER_SIZE}-byte header")
+        if head[:8] != MAGIC:
+            raise self.error(f"bad magic {head[:8]!r}, expected {MAGIC!r}: not a grokcopy token shard")
+        (crc,) = struct.unpack("<I", head[HEADER.size :])
+        if zlib.crc32(head[: HEADER.size]) != crc:
+            raise self.error("header checksum mismatch: the header is corrupted")
+        (_, version, itemsize, self.vocab_size, self.frame_tokens, self.n_tokens,
+         n_frames, index_offset, index_crc) = HEADER.unpack(head[: HEADER.size])
+        if version != FORMAT_VERSION:
+            raise self.error(f"format version {version} is not supported (this reader knows {FORMAT_VERSION})")
+        if itemsize not in (2, 4) or np.dtype(f"<u{itemsize}") != token_dtype(self.vocab_size):
+            raise self.error(f"token size {itemsize} bytes does not match vocab_size {self.vocab_size}")
+        self.dtype = np.dtype(f"<u{itemsize}")
+        if self.frame_tokens < 1 or n_frames != -(-self.n_tokens // self.frame_tokens):
+            raise self.error(f"{n_frames} frames of {self.frame_tokens} tokens cannot hold {self.n_tokens} tokens")
+        expected_size = index_offset + n_frames * INDEX_ENTRY.itemsize
+        if size != expected_size:
+            raise self.error(f"file is {size} bytes, the header says {expected_size}: truncated or padded")
+        with open(path, "rb") as f:
+            f.seek(index_offset)
+            index_bytes = f.read(n_frames * INDEX_ENTRY.itemsize)
+        if zlib.crc32(index_bytes) != index_crc:
+            raise self.error("frame index checksum mismatch: the index is corrupted")
+        self.index = np.frombuffer(index_bytes, dtype=INDEX_ENTRY)
+        ends = self.index["offset"] + self.index["size"]
+        if n_frames and (self.index["offset"].min() < HEADER_SIZE or ends.max() > index_offset):
+            frame = int(np.argmax((self.index["offset"] < HEADER_SIZE) | (ends > index_offset)))
+            raise self.error("frame payload lies outside the data region", frame)
+
+    def __getstate__(self) -> dict:
+        # A memory map cannot be pickled (spawned DataLoader workers): the receiver reopens it.
+        return {**self.__dict__, "_mmap": None, "_pid": None}
+
+    def error(self, what: str, frame: int | None = None) -> ShardFormatError:
+        where = f"{self.path}" if frame is None else f"{self.path}, frame {frame}"
+        return ShardFormatError(f"{where}: {what}")
+
+    def frame(self, i: int) -> np.ndarray:
+        """Decompressed, verified tokens of frame `i` (read-only array of self.dtype)."""
+        if self._pid != os.getpid():
+            with open(self.path, "rb") as f:
+                self._mmap = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            self._pid = os.getpid()
+        offset, size, crc = self.index[i]
+        n = min(self.frame_tokens, self.n_tokens - i * self.frame_tokens)
+        nbytes = n * self.dtype.itemsize
+        payload = self._mmap[offset : offset + size]
+        if zlib.crc32(payload) != crc:
+            raise self.error("frame checksum mismatch: the compressed tokens are corrupted", i)
+        try:
+            raw = zstandard.ZstdDecompressor().decompress(payload, max_output_size=nbytes)
+        except zstandard.ZstdError as e:
+            raise self.error(f"zstd cannot decompress the payload ({e})", i) from None
+        if len(raw) != nbytes:
+            raise self.error(f"decompressed to {len(raw)} bytes, expected {nbytes}", i)
+        tokens = np.frombuffer(raw, dtype=self.dtype)
+        if n and int(tokens.max()) >= self.vocab_size:
+            raise self.error(f"token {int(tokens.max())} >= vocab_size {self.vocab_size}", i)
+        return tokens
+
+
+class TokenDataset:
+    """A shard file, or a directory of shards in sorted order, seen as one token sequence.
+
+    `len(ds)` is the token count; `ds[a:b]` is a numpy array of `ds.dtype` (uint16 or uint32),
+    read across frame and shard boundaries; `ds[i]` is one token. Only touched frames are
+    decompressed; the last `cache_frames` decompressed frames are kept. Safe to use after fork
+    (each process opens its own memory maps and keeps its own cache).
+    """
+
+    def __init__(self, path: str | os.PathLike, cache_frames: int = 16):
+        path = Path(path)
+        if path.is_dir():
+            files = sorted(path.glob(f"*{SHARD_SUFFIX}"))
+            if not files:
+                raise FileNotFoundError(f"{path}: no *{SHARD_SUFFIX} shard files in this directory")
+        elif path.is_file():
+            files = [path]
+        else:
+            raise FileNotFoundError(f"{path}: no such shard file or directory")
+        self.path = path
+        self.shards = [_Shard(f) for f in files]
+        vocab_sizes = {s.vocab_size for s in self.shards}
+        if len(vocab_sizes) != 1:
+            raise ShardFormatError(f"{path}: shards disagree on vocab_size: {sorted(vocab_sizes)}")
+        self.vocab_size = vocab_sizes.pop()
+        self.dtype = self.shards[0].dtype
+        # starts[i] is the global index of shard i's first token; starts[-1] is the total.
+        self.starts = np.concatenate([[0], np.cumsum([s.n_tokens for s in self.shards])]).astype(np.int64)
+        self.cache_frames = cache_frames
+        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def __repr__(self) -> str:
+        return f"TokenDataset({str(self.path)!r}, tokens={len(self)}, vocab_size={self.vocab_size})"
+
+    def _frame(self, shard: int, frame: int) -> np.ndarray:
+        key = (shard, frame)
+        tokens = self._cache.get(key)
+        if tokens is None:
+            tokens = self.shards[shard].frame(frame)
+            self._cache[key] = tokens
+            if len(self._cache) > self.cache_frames:
+                self._cache.popitem(last=False)
+        else:
+            self._cache.move_to_end(key)
+        return tokens
+
+    def __getitem__(self, key: int | slice) -> np.ndarray | int:
+        if isinstance(key, slice):
+            start, stop, step = key.indices(len(self))
+            if step == 1:
+                return self.read(start, max(stop - start, 0))
+            picks = np.arange(start, stop, step)
+            if not len(picks):
+                return np.empty(0, self.dtype)
+            lo = int(picks.min())
+            return self.read(lo, int(picks.max()) - lo + 1)[picks - lo]
+        index = int(key)
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"token index {key} out of range for {len(self)} tokens")
+        return int(self.read(index, 1)[0])
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """Tokens [start, start + length) as a new numpy array of self.dtype."""
+        if start < 0 or length < 0 or start + length > len(self):
+            raise IndexError(f"read({start}, {length}) out of range for {len(self)} tokens")
+        out = np.empty(length, dtype=self.dtype)
+        filled = 0
+        shard = int(np.searchsorted(self.starts, start, side="right")) - 1
+        while filled < length:
+            s = self.shards[shard]
+            local = start + filled - int(self.starts[shard])
+            while filled < length and local < s.n_tokens:
+                frame, within = divmod(local, s.frame_tokens)
+                tokens = self._frame(shard, frame)
+                n = min(len(tokens) - within, length - filled)
+                out[filled : filled + n] = tokens[within : within + n]
+                filled += n
+                local += n
+            shard += 1
+        return out

@@ -1,0 +1,48 @@
+"""Small helpers shared by every kernel file: interpreter detection, dtype rules, input checks."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton.language as tl
+
+SUPPORTED_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels through its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def dot_dtype(dtype: torch.dtype) -> tl.dtype:
+    """Operand dtype for `tl.dot` on blocks loaded from tensors of `dtype`.
+
+    The interpreter has no bf16 arithmetic (a bf16 `tl.dot` multiplies bit patterns), so it gets
+    fp32 operands; a GPU gets the native dtype so the tensor cores run at full rate.
+    """
+    if interpreting() or dtype == torch.float32:
+        return tl.float32
+    return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
+
+
+def check_inputs(name: str, *tensors: torch.Tensor, dtypes=SUPPORTED_FLOAT_DTYPES) -> None:
+    """Raise a clear error when `tensors` differ in device or dtype, or have an unsupported dtype.
+
+    `name` is the public op name, so the message says which call was wrong.
+    """
+    first = tensors[0]
+    for i, t in enumerate(tensors):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name}: argument {i} is {type(t).__name__}, expected a torch.Tensor")
+        if t.dtype not in dtypes:
+            raise TypeError(f"{name}: argument {i} has dtype {t.dtype}; supported: {list(dtypes)}")
+        if t.device != first.device:
+            raise ValueError(f"{name}: argument {i} is on {t.device} but argument 0 is on {first.device}")
+        if t.dtype != first.dtype:
+            raise TypeError(f"{name}: argument {i} has dtype {t.dtype} but argument 0 has {first.dtype}")
+    if first.device.type == "cpu" and not interpreting():
+        raise RuntimeError(
+            f"{name}: Triton kernels need a CUDA tensor, or TRITON_INTERPRET=1 set before triton is "
+            "imported to run them on CPU through the interpreter"
+        )
