@@ -59,7 +59,9 @@ def decode(corpus: Path, tokens: np.ndarray, meta: dict) -> str:
 def test_prepare_round_trips_every_document(tmp_path, kind, mode, tokenizer_file, capsys):
     args = make_inputs(tmp_path / "in", kind)
     out = tmp_path / "corpus"
-    mode_args = {"bytes": ["--bytes"], "bpe": ["--vocab-size", "320"], "tokenizer": ["--tokenizer", str(tokenizer_file)]}
+    mode_args = {
+        "bytes": ["--bytes"], "bpe": ["--vocab-size", "320"], "tokenizer": ["--tokenizer", str(tokenizer_file)]
+    }
     main(["--input", *args, "--out", str(out), "--val-fraction", "0.25", *mode_args[mode], "--quiet"])
     report = capsys.readouterr().out
     for word in ("documents: 12", "tokens: train", "on disk:", "compression", "seconds:"):

@@ -1,0 +1,78 @@
+"""Curves of a run: the summary printed at the end of training and the loss / copy-gain plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def half_max_step(steps: list[int], values: list[float]) -> int | None:
+    """First step at which `values` reaches half of its maximum (None if the maximum is <= 0)."""
+    if not values or max(values) <= 0:
+        return None
+    half = 0.5 * max(values)
+    return next(s for s, v in zip(steps, values, strict=True) if v >= half)
+
+
+def run_summary(records: list[dict], wall_s: float) -> str:
+    """Steps, tokens, time, final loss, copy gain over time and its half-maximum step."""
+    last = records[-1]
+    evals = [r for r in records if "copy_gain" in r]
+    lines = [
+        f"steps {last['step']:,}  tokens {last['tokens']:,}  wall {wall_s / 60:.1f} min  "
+        f"final loss {last['loss']:.3f}" + (f"  val loss {evals[-1]['val_loss']:.3f}" if evals else ""),
+    ]
+    if evals:
+        steps, gains = [r["step"] for r in evals], [r["copy_gain"] for r in evals]
+        every = max(1, len(evals) // 10)
+        lines.append("copy gain by step: " + "  ".join(
+            f"{r['step']}:{r['copy_gain']:+.2f}" for r in evals[::every] + ([evals[-1]] if len(evals) % every else [])
+        ))
+        best = max(evals, key=lambda r: r["copy_gain"])
+        onset = half_max_step(steps, gains)
+        lines.append(
+            f"copy acc {evals[-1]['copy_acc']:.2f} (control {evals[-1]['copy_control_acc']:.2f}), best gain "
+            f"{best['copy_gain']:+.2f} at step {best['step']}; half of max gain first reached at step {onset}"
+        )
+        lines.append(
+            f"repeat acc {evals[-1]['repeat_acc']:.2f}; induction score (max head) per layer: "
+            + ", ".join(f"{v:.2f}" for v in evals[-1]["induction_max"])
+        )
+    return "\n".join(lines)
+
+
+def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:
+    """Loss (train, val) and copy gain / repeat accuracy against steps on twin axes, onset marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    evals = [r for r in records if "copy_gain" in r]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    ax.plot([r["step"] for r in records], [r["loss"] for r in records], color="tab:blue", lw=1, alpha=0.6,
+            label="train loss")
+    ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], color="tab:blue", lw=2, label="val loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("loss", color="tab:blue")
+    right = ax.twinx()
+    steps = [r["step"] for r in evals]
+    right.plot(steps, [r["copy_gain"] for r in evals], color="tab:red", lw=2, marker="o", ms=3, label="copy gain")
+    right.plot(steps, [r["repeat_acc"] for r in evals], color="tab:orange", lw=1.5, ls="--", label="repeat acc")
+    right.plot(steps, [max(r["induction_max"]) for r in evals], color="tab:green", lw=1.5, ls=":",
+               label="induction score (best head)")
+    right.set_ylabel("copying", color="tab:red")
+    right.set_ylim(-0.05, 1.05)
+    onset = half_max_step(steps, [r["copy_gain"] for r in evals])
+    if onset is not None:
+        right.axvline(onset, color="gray", ls="--", lw=1)
+        right.annotate(f"half-max copy gain\nstep {onset}", (onset, 0.9), fontsize=8, ha="right")
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
+    ax.legend(handles, labels, loc="center right", fontsize=8)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+

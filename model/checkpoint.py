@@ -1,0 +1,70 @@
+"""Checkpoint files: `<run dir>/checkpoints/step-00001000.pt`, written atomically.
+
+A checkpoint holds everything a resumed run needs to continue bit-identically: model, optimizer,
+scheduler, step, each rank's data-sampler state and RNG states, and the resolved run config.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import torch
+
+from model.config import LlamaConfig
+from model.llama import Llama
+
+CHECKPOINT_RE = re.compile(r"step-(\d+)\.pt$")
+
+
+def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
+    return Path(run_dir) / "checkpoints" / f"step-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
+    """Checkpoints of a run, oldest first."""
+    found = []
+    for p in (Path(run_dir) / "checkpoints").glob("step-*.pt"):
+        m = CHECKPOINT_RE.search(p.name)
+        if m:
+            found.append((int(m.group(1)), p))
+    return [p for _, p in sorted(found)]
+
+
+def save_atomically(obj: dict, path: Path) -> None:
+    """torch.save to a temp file beside `path`, fsync, rename: a kill never leaves a half file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """A checkpoint file, or a run directory's latest checkpoint."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    if path.is_dir():
+        found = list_checkpoints(path)
+        if not found:
+            raise FileNotFoundError(f"{path}: a directory with no checkpoints/step-*.pt in it")
+        return found[-1]
+    raise FileNotFoundError(f"{path}: no such checkpoint file or run directory")
+
+
+def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[Llama, LlamaConfig]:
+    """(model, config) from a checkpoint file or a run directory (then its latest checkpoint)."""
+    ckpt = torch.load(resolve_checkpoint(path), map_location=map_location, weights_only=True)
+    cfg = LlamaConfig.from_dict(ckpt["model_config"])
+    model = Llama(cfg)
+    model.load_state_dict(ckpt["model"])
+    return model, cfg

@@ -1,0 +1,146 @@
+"""A minimal Llama: token embedding, pre-RMSNorm blocks (RoPE causal self-attention with optional
+grouped KV heads, SwiGLU MLP), final RMSNorm, LM head.
+
+Conventions (the same as Hugging Face's LlamaForCausalLM, so export needs no permutation): RoPE
+rotates the two halves of each head (`rotate_half`), the norm computes in fp32 and multiplies
+the weight after casting back. Weights are packed for speed: `wqkv` holds [q; k; v] rows and
+`w_gate_up` holds [gate; up] rows, so each is one matmul.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from model import backends
+from model.backends import AttentionStats
+from model.config import LlamaConfig
+
+
+def rope_tables(T: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin [T, head_dim] (fp32) for positions 0..T-1, halves repeated (HF layout)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device, dtype=torch.float32) / head_dim)
+    angles = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, T, H, D] by position: x * cos + rotate_half(x) * sin."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    return x * cos + rotated * sin
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.cfg = cfg
+        hd = cfg.head_dim
+        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.n_kv_heads) * hd, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * hd, cfg.d_model, bias=False)
+
+    def forward(self, x, cos, sin, backend: str, targets=None):
+        """x [B, T, d_model] -> ([B, T, d_model], AttentionStats or None)."""
+        cfg, (B, T, _) = self.cfg, x.shape
+        q, k, v = self.wqkv(x).split(
+            [cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim], dim=-1
+        )
+        q = apply_rope(q.view(B, T, cfg.n_heads, cfg.head_dim), cos, sin)
+        k = apply_rope(k.view(B, T, cfg.n_kv_heads, cfg.head_dim), cos, sin)
+        v = v.view(B, T, cfg.n_kv_heads, cfg.head_dim)
+        dropout_p = cfg.dropout if self.training else 0.0
+        out, stats = backends.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                        backend=backend, dropout_p=dropout_p, targets=targets)
+        return self.wo(out.transpose(1, 2).reshape(B, T, -1)), stats
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.w_gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_mlp, bias=False)
+        self.w_down = nn.Linear(cfg.d_mlp, cfg.d_model, bias=False)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x, cos, sin, ops: dict[str, str], targets=None):
+        eps = self.cfg.norm_eps
+        h = backends.rms_norm(x, self.attn_norm.weight, eps, ops["norm"])
+        attn_out, stats = self.attn(h, cos, sin, ops["attention"], targets)
+        # residual add fused into the MLP's norm: x <- x + attn_out, h <- norm(x)
+        h, x = backends.add_rms_norm(self.dropout(attn_out), x, self.mlp_norm.weight, eps, ops["norm"])
+        mlp_out = self.w_down(backends.swiglu_packed(self.w_gate_up(h), ops["mlp"]))
+        return x + self.dropout(mlp_out), stats
+
+
+class Llama(nn.Module):
+    """Causal Llama language model. forward(idx [B, T] int64) -> logits [B, T, vocab_size]."""
+
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
+        self.dropout = nn.Dropout(cfg.dropout)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Llama initialisation (as HF's LlamaPreTrainedModel): every weight matrix and the
+        embedding ~ N(0, init_std), norm weights 1."""
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+            elif isinstance(module, RMSNorm):
+                nn.init.ones_(module.weight)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def ops(self, device: torch.device) -> dict[str, str]:
+        """Concrete backend of each op on `device` (resolving "auto")."""
+        cfg, dropout = self.cfg, self.cfg.dropout > 0 and self.training
+        return {
+            "attention": backends.resolve("attention", cfg.attention, device.type, dropout),
+            "norm": backends.resolve("norm", cfg.norm, device.type),
+            "mlp": backends.resolve("mlp", cfg.mlp, device.type),
+        }
+
+    def forward(self, idx: torch.Tensor, attention_targets: torch.Tensor | None = None):
+        """idx [B, T] int64, T <= context -> logits [B, T, vocab] (fp32 unless under autocast).
+
+        With attention_targets [B, T, K] (key indices, -1 = none) it returns (logits,
+        [AttentionStats per layer]): the statistics the induction scores are made of.
+        """
+        B, T = idx.shape
+        if T > self.cfg.context:
+            raise ValueError(f"sequence of {T} tokens is longer than the model's context ({self.cfg.context})")
+        ops = self.ops(idx.device)
+        cos, sin = rope_tables(T, self.cfg.head_dim, self.cfg.rope_theta, idx.device)
+        x = self.dropout(self.embed(idx))
+        all_stats: list[AttentionStats] = []
+        for block in self.blocks:
+            x, stats = block(x, cos, sin, ops, attention_targets)
+            all_stats.append(stats)
+        logits = self.lm_head(backends.rms_norm(x, self.norm.weight, self.cfg.norm_eps, ops["norm"]))
+        return logits if attention_targets is None else (logits, all_stats)
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean next-token cross-entropy (fp32) of logits(idx [B, T]) against targets [B, T]."""
+        logits = self(idx)
+        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))

@@ -1,0 +1,468 @@
+"""Train a grokcopy Llama and watch copying emerge.
+
+    torchrun --standalone --nproc-per-node=1 train.py                 # the embedded default (CPU)
+    torchrun --standalone --nproc-per-node=8 train.py --preset paper-162m --data DIR
+    python train.py --preset tiny --max-steps 100 --out runs/try       # one process, no torchrun
+
+Configuration: `--preset NAME` (model shape and recipe), then `--config FILE.toml` (flat keys named
+like the flags, with underscores), then flags; later ones win. Re-running a command on an existing
+run directory resumes from its latest checkpoint. DDP over torch.distributed (gloo on CPU, nccl on
+CUDA); optional FSDP2 (`--fsdp`) and `--compile`.
+
+Writes to the run directory: config.json, metrics.jsonl (one JSON object per logged step),
+copy_cases.npz (the fixed copy-eval set), checkpoints/step-*.pt, curves.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import random
+import signal
+import sys
+import time
+import tomllib
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from data import TokenDataset, WindowSampler
+from data.prepare import ensure_default_corpus
+from evals.copying import copy_metrics, load_or_make_copy_cases, make_repeat_batch, repeat_metrics
+from evals.curves import plot_curves, run_summary
+from model import PRESETS, Llama, LlamaConfig
+from model.checkpoint import checkpoint_path, list_checkpoints, save_atomically
+
+MODEL_FIELDS = {f.name for f in fields(LlamaConfig)} - {"vocab_size"}
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run is made of, except the model shape (LlamaConfig). Each field is a flag."""
+
+    preset: str = "tiny"
+    out: str = ""  # run directory; default runs/<preset>
+    data: str = ""  # a prepared corpus directory; default: the embedded Python-stdlib corpus
+    max_steps: int = 1000
+    batch_size: int = 8  # sequences per rank per micro-step
+    grad_accum: int = 1
+    global_batch: int = 0  # if set: sequences per optimizer step, all ranks; sets grad_accum
+    seq_len: int = 256
+    lr: float = 1e-3
+    min_lr: float = 1e-4
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | constant
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 500
+    ckpt_every: int = 1000
+    keep_ckpts: int = 3
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto | fp32 | bf16 (autocast)
+    compile: bool = False
+    fsdp: bool = False
+    quiet: bool = False
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the field."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Configuration: preset < config file < flags
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, LlamaConfig]:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--config", help="TOML file of field = value (flags override it)")
+    for f in [*fields(TrainConfig), *(f for f in fields(LlamaConfig) if f.name in MODEL_FIELDS)]:
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+        else:
+            kind = {"int": int, "float": float, "str": str, "int | None": int}.get(str(f.type), str)
+            parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper())
+    args = vars(parser.parse_args(argv))
+    overrides = {}
+    if args.pop("config"):
+        overrides.update(load_toml(Path(parser.parse_args(argv).config)))
+    overrides.update({k: v for k, v in args.items() if v is not None})
+    return resolve_config(overrides)
+
+
+def load_toml(path: Path) -> dict:
+    if not path.is_file():
+        raise ConfigError(f"--config {path}: no such file")
+    with open(path, "rb") as f:
+        try:
+            values = tomllib.load(f)
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
+    known = {f.name for f in fields(TrainConfig)} | MODEL_FIELDS
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(f"--config {path}: unknown keys {unknown}")
+    return values
+
+
+def resolve_config(overrides: dict) -> tuple[TrainConfig, LlamaConfig]:
+    """Merge preset, file and flag values; validate every field before anything runs."""
+    name = overrides.get("preset", TrainConfig.preset)
+    if name not in PRESETS:
+        raise ConfigError(f"--preset {name!r} is unknown; choose from {sorted(PRESETS)}")
+    preset = PRESETS[name]
+    train_values = {**preset.train, **{k: v for k, v in overrides.items() if k not in MODEL_FIELDS}}
+    model_values = {**preset.model.to_dict(), **{k: v for k, v in overrides.items() if k in MODEL_FIELDS}}
+    unknown = sorted(set(train_values) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ConfigError(f"unknown config keys {unknown}")
+    try:
+        model_cfg = LlamaConfig.from_dict(model_values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"model config: {e}") from None
+    cfg = TrainConfig(**train_values)
+    validate(cfg, model_cfg)
+    return cfg, model_cfg
+
+
+def validate(cfg: TrainConfig, model_cfg: LlamaConfig) -> None:
+    checks = [
+        ("lr", cfg.lr > 0, "must be > 0"),
+        ("min_lr", 0 <= cfg.min_lr <= cfg.lr, f"must be in [0, lr={cfg.lr}]"),
+        ("max_steps", cfg.max_steps >= 1, "must be >= 1"),
+        ("batch_size", cfg.batch_size >= 1, "must be >= 1"),
+        ("grad_accum", cfg.grad_accum >= 1, "must be >= 1"),
+        ("global_batch", cfg.global_batch >= 0, "must be >= 0 (0: batch_size x grad_accum x ranks)"),
+        ("seq_len", 36 <= cfg.seq_len <= model_cfg.context,
+         f"must be in [36, context={model_cfg.context}] (copy cases need 36 tokens)"),
+        ("warmup_steps", cfg.warmup_steps >= 0, "must be >= 0"),
+        ("schedule", cfg.schedule in ("cosine", "constant"), "must be 'cosine' or 'constant'"),
+        ("weight_decay", cfg.weight_decay >= 0, "must be >= 0"),
+        ("beta1", 0 <= cfg.beta1 < 1, "must be in [0, 1)"),
+        ("beta2", 0 <= cfg.beta2 < 1, "must be in [0, 1)"),
+        ("grad_clip", cfg.grad_clip >= 0, "must be >= 0 (0: no clipping)"),
+        ("log_every", cfg.log_every >= 1, "must be >= 1"),
+        ("eval_every", cfg.eval_every >= 0, "must be >= 0 (0: no evals)"),
+        ("ckpt_every", cfg.ckpt_every >= 0, "must be >= 0 (0: only at the end and on a signal)"),
+        ("keep_ckpts", cfg.keep_ckpts >= 1, "must be >= 1"),
+        ("device", cfg.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
+        ("dtype", cfg.dtype in ("auto", "fp32", "bf16"), "must be auto, fp32 or bf16"),
+    ]
+    for name, ok, why in checks:
+        if not ok:
+            raise ConfigError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r} {why}")
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but CUDA is not available on this machine")
+
+
+def finish_config(cfg: TrainConfig, model_cfg: LlamaConfig, world: int, data_vocab: int) -> None:
+    """Checks that need the number of ranks and the data: run once the process group is up."""
+    if cfg.global_batch:
+        per_step = cfg.batch_size * world
+        if cfg.global_batch % per_step:
+            raise ConfigError(f"--global-batch {cfg.global_batch} is not divisible by batch_size x ranks = "
+                              f"{cfg.batch_size} x {world}")
+        cfg.grad_accum = cfg.global_batch // per_step
+    if data_vocab > model_cfg.vocab_size:
+        raise ConfigError(f"--data has vocab_size {data_vocab}, larger than the model's vocab_size "
+                          f"{model_cfg.vocab_size}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pieces of the loop
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup to cfg.lr, then constant or cosine decay to cfg.min_lr at max_steps.
+
+    The schedule is a pure function of the step, so the scheduler's whole state is the step.
+    """
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return cfg.lr
+    progress = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, fused: bool) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices and embeddings only, not on norm weights or biases."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    groups = [
+        {"params": [p for p in params if p.dim() >= 2], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0},
+    ]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             fused=fused or None)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def gather(obj, world: int) -> list:
+    """Every rank's `obj`, on every rank (one entry when not distributed)."""
+    if world == 1:
+        return [obj]
+    out = [None] * world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class StopSignal:
+    """Turns SIGTERM/SIGINT into a flag the loop checks once per step (then checkpoints and exits)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, signum, frame):
+        self.received = signum
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, model_cfg = parse_args(argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+    # --- distributed set-up: torchrun sets RANK/WORLD_SIZE; plain `python train.py` is rank 0 of 1
+    distributed = "RANK" in os.environ
+    use_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if use_cuda:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    if distributed:
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    master = rank == 0
+    try:
+        return train(cfg, model_cfg, device, rank, world, master)
+    except ConfigError as e:
+        if master:
+            print(f"error: {e}", file=sys.stderr)
+        return 2
+    finally:
+        if distributed:
+            dist.destroy_process_group()
+
+
+def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: int, master: bool) -> int:
+    log = (lambda *a: None) if not master else (lambda *a: print(*a, flush=True))
+
+    # --- data: the embedded corpus is prepared on first use (rank 0 builds, the others wait)
+    if cfg.data:
+        data_dir = Path(cfg.data)
+        if not (data_dir / "meta.json").is_file():
+            raise ConfigError(f"--data {data_dir}: not a prepared corpus (no meta.json); "
+                              "make one with `python -m data.prepare`")
+    else:
+        # the model's vocab picks the tokenizer: 257 is raw bytes, anything else a BPE of that size
+        corpus = {"bytes_level": model_cfg.vocab_size == 257, "vocab_size": model_cfg.vocab_size}
+        if master:
+            ensure_default_corpus(**corpus, progress=not cfg.quiet)
+        if world > 1:
+            dist.barrier()
+        data_dir = ensure_default_corpus(**corpus, progress=False)
+    meta = json.loads((data_dir / "meta.json").read_text())
+    finish_config(cfg, model_cfg, world, meta["vocab_size"])
+    train_data, val_data = TokenDataset(data_dir / "train"), TokenDataset(data_dir / "val")
+    sampler = WindowSampler(train_data, cfg.seq_len + 1, seed=cfg.seed, rank=rank, world_size=world)
+
+    # --- run directory and resume
+    run_dir = Path(cfg.out or f"runs/{cfg.preset}")
+    checkpoints = list_checkpoints(run_dir)
+    resume = torch.load(checkpoints[-1], map_location="cpu", weights_only=False) if checkpoints else None
+    if resume is not None and resume["model_config"] != model_cfg.to_dict():
+        raise ConfigError(f"--out {run_dir} holds a run of another model shape; choose another --out")
+    if master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        resolved = {**asdict(cfg), "model": model_cfg.to_dict(), "data_dir": str(data_dir), "world_size": world,
+                    "data_meta": meta}
+        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
+
+    # --- model, optimizer
+    torch.manual_seed(cfg.seed)
+    model = Llama(model_cfg).to(device)
+    if cfg.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+    train_model = model
+    if world > 1 and not cfg.fsdp:
+        train_model = torch.nn.parallel.DistributedDataParallel(model)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
+    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and (device.type == "cuda" or cfg.preset == "tiny"))
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
+    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+    step = 0
+    if resume is not None:
+        set_model_state_dict(model, resume["model"], options=full)
+        set_optimizer_state_dict(model, optimizer, resume["optimizer"], options=full)
+        sampler.load_state_dict(resume["sampler"][rank])
+        set_rng_state(resume["rng"][rank])
+        step = resume["step"]
+        log(f"resuming {run_dir} from step {step} ({checkpoints[-1].name})")
+    del resume
+
+    metrics_path = run_dir / "metrics.jsonl"
+    if master:  # drop what was logged after the checkpoint we resume from: it will be redone
+        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
+                if json.loads(line)["step"] <= step] if step else []
+        metrics_path.write_text("".join(line + "\n" for line in kept))
+
+    def save_checkpoint() -> None:
+        state = {
+            "model": get_model_state_dict(model, options=full),
+            "optimizer": get_optimizer_state_dict(model, optimizer, options=full),
+            "sampler": gather(sampler.state_dict(), world),
+            "rng": gather(rng_state(), world),
+        }
+        if master:
+            state.update(step=step, config=asdict(cfg), model_config=model_cfg.to_dict())
+            save_atomically(state, checkpoint_path(run_dir, step))
+            for old in list_checkpoints(run_dir)[: -cfg.keep_ckpts]:
+                old.unlink()
+        if world > 1:
+            dist.barrier()
+
+    # --- evals: fixed copy cases stored in the run directory, repeated random tokens, val loss
+    eot = meta["tokenizer"]["eot_id"]
+    copy_cases = load_or_make_copy_cases(run_dir / "copy_cases.npz", val_data, cfg.seq_len, eot) if master else None
+    repeat_tokens, repeat_periods = make_repeat_batch(meta["vocab_size"], cfg.seq_len, low=0)
+    val_windows = WindowSampler(val_data, cfg.seq_len + 1, seed=999).next_batch(32)
+
+    def evaluate() -> dict:
+        model.eval()
+        with torch.no_grad(), autocast:
+            val = torch.as_tensor(val_windows, device=device)
+            val_loss = float(model.loss(val[:, :-1], val[:, 1:]))
+            result = {"val_loss": val_loss, **copy_metrics(model, copy_cases, device)}
+            result.update(repeat_metrics(model, repeat_tokens, repeat_periods, device))
+        model.train()
+        return result
+
+    # --- the loop
+    stop = StopSignal()
+    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * world
+    bar = None
+    if master and not cfg.quiet:
+        from tqdm import tqdm
+
+        bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True)
+    t_start, t_last, last_copy = time.time(), time.time(), float("nan")
+    model.train()
+    while step < cfg.max_steps:
+        lr = lr_at(step, cfg)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum = torch.zeros((), device=device)
+        for micro in range(cfg.grad_accum):
+            batch = torch.as_tensor(sampler.next_batch(cfg.batch_size), device=device)
+            sync = micro == cfg.grad_accum - 1 or world == 1 or cfg.fsdp
+            with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast:
+                logits = train_model(batch[:, :-1])
+                loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+                (loss / cfg.grad_accum).backward()
+            loss_sum += loss.detach()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
+        # one all-reduce carries the loss and the stop flag, so every rank decides alike
+        flags = torch.stack([loss_sum / cfg.grad_accum, torch.tensor(float(stop.received is not None))]).to(device)
+        if world > 1:
+            dist.all_reduce(flags)
+            flags[0] /= world
+        step_loss, stopping = float(flags[0]), bool(flags[1] > 0)
+        if not math.isfinite(step_loss):
+            last = list_checkpoints(run_dir)
+            log(f"error: loss is {step_loss} at step {step + 1}; stopping. The last good checkpoint is "
+                f"{last[-1] if last else '(none yet)'}; lower --lr or check the data.")
+            return 3
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        record = None
+        if step % cfg.log_every == 0 or step == cfg.max_steps:
+            now = time.time()
+            interval = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+            record = {"step": step, "tokens": step * tokens_per_step, "loss": step_loss, "lr": lr,
+                      "grad_norm": float(grad_norm), "tokens_per_s": interval * tokens_per_step / (now - t_last),
+                      "elapsed_s": now - t_start}
+            t_last = now
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            if master:
+                record = {**(record or {"step": step, "tokens": step * tokens_per_step, "loss": step_loss}),
+                          **evaluate()}
+                last_copy = record["copy_acc"]
+            if world > 1:
+                dist.barrier()
+            t_last = time.time()  # evals do not count against throughput
+        if master and record is not None:
+            with open(metrics_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{step_loss:.3f}", copy=f"{last_copy:.2f}",
+                            tok_s=f"{record['tokens_per_s']:.0f}" if record and "tokens_per_s" in record else None,
+                            refresh=False)
+        if stopping or step == cfg.max_steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+            save_checkpoint()
+        if stopping:
+            log(f"\nstopped by signal at step {step}; checkpoint saved in {run_dir / 'checkpoints'}")
+            return 0
+    if bar is not None:
+        bar.close()
+
+    if master:
+        records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+        log(run_summary(records, wall_s=time.time() - t_start))
+        if any("copy_gain" in r for r in records):
+            plot_curves(records, run_dir / "curves.png", title=f"{run_dir.name} ({cfg.preset})")
+            log(f"curves: {run_dir / 'curves.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
