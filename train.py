@@ -46,7 +46,9 @@ from evals.curves import plot_curves, run_summary
 from model import PRESETS, Llama, LlamaConfig
 from model.checkpoint import checkpoint_path, list_checkpoints, save_atomically
 
-MODEL_FIELDS = {f.name for f in fields(LlamaConfig)} - {"vocab_size"}
+MODEL_FIELDS = {f.name for f in fields(LlamaConfig)}
+# Fault injection for the crash-resume test: SIGKILL this process right after this step.
+CRASH_AT_STEP = int(os.environ.get("GROKCOPY_CRASH_AT_STEP", 0))
 
 
 @dataclass
@@ -62,7 +64,7 @@ class TrainConfig:
     global_batch: int = 0  # if set: sequences per optimizer step, all ranks; sets grad_accum
     seq_len: int = 256
     lr: float = 1e-3
-    min_lr: float = 1e-4
+    min_lr: float = -1.0  # cosine floor; < 0: a tenth of lr
     warmup_steps: int = 100
     schedule: str = "cosine"  # cosine | constant
     weight_decay: float = 0.1
@@ -139,6 +141,8 @@ def resolve_config(overrides: dict) -> tuple[TrainConfig, LlamaConfig]:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model config: {e}") from None
     cfg = TrainConfig(**train_values)
+    if cfg.min_lr < 0 and "min_lr" not in overrides:
+        cfg.min_lr = 0.1 * cfg.lr
     validate(cfg, model_cfg)
     return cfg, model_cfg
 
@@ -236,6 +240,17 @@ def gather(obj, world: int) -> list:
     out = [None] * world
     dist.all_gather_object(out, obj)
     return out
+
+
+def parameter_digest(model: torch.nn.Module) -> str:
+    """SHA-256 of every parameter's bytes, in order: equal digests mean bit-identical models."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(get_model_state_dict(model, options=StateDictOptions(full_state_dict=True)).items()):
+        h.update(name.encode())
+        h.update(p.detach().float().cpu().numpy().tobytes())
+    return h.hexdigest()
 
 
 class StopSignal:
@@ -422,6 +437,8 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
+        if step == CRASH_AT_STEP:
+            os.kill(os.getpid(), signal.SIGKILL)
 
         record = None
         if step % cfg.log_every == 0 or step == cfg.max_steps:
@@ -455,6 +472,13 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
     if bar is not None:
         bar.close()
 
+    # every rank's parameters must be identical after DDP training: check it rather than assume it
+    digests = gather(parameter_digest(model), world)
+    if master:
+        (run_dir / "final.json").write_text(json.dumps({"step": step, "param_sha256_per_rank": digests}) + "\n")
+        if len(set(digests)) != 1:
+            log(f"error: parameters differ across ranks after training: {digests}")
+            return 4
     if master:
         records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
         log(run_summary(records, wall_s=time.time() - t_start))

@@ -75,12 +75,13 @@ def _repeat_kv(k: torch.Tensor, n_rep: int) -> torch.Tensor:
 def attention_torch(q, k, v, dropout_p: float = 0.0, targets: torch.Tensor | None = None):
     """Plain math attention: materialises the T x T scores. Returns (out, stats or None).
 
-    Scores and softmax run in fp32 whatever the input dtype; the reference for every backend.
+    Scores and softmax run in fp32 (fp64 for fp64 inputs); the reference for every backend.
     """
     n_rep = q.shape[1] // k.shape[1]
     k, v = _repeat_kv(k, n_rep), _repeat_kv(v, n_rep)
     T, S = q.shape[2], k.shape[2]
-    scores = (q.float() @ k.float().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    acc = torch.promote_types(q.dtype, torch.float32)  # fp32 at least, fp64 for a float64 reference
+    scores = (q.to(acc) @ k.to(acc).transpose(-2, -1)) / math.sqrt(q.shape[-1])
     # bottom-right aligned causal mask: query i sees keys j <= i + S - T
     future = torch.ones(T, S, dtype=torch.bool, device=q.device).triu(S - T + 1)
     scores = scores.masked_fill(future, float("-inf"))
@@ -89,7 +90,7 @@ def attention_torch(q, k, v, dropout_p: float = 0.0, targets: torch.Tensor | Non
     if targets is not None:
         stats = stats_from_probs(scores, probs, targets)
     probs = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
-    return (probs @ v.float()).to(q.dtype), stats
+    return (probs @ v.to(acc)).to(q.dtype), stats
 
 
 def stats_from_probs(scores: torch.Tensor, probs: torch.Tensor, targets: torch.Tensor) -> AttentionStats:
@@ -149,7 +150,8 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: str) ->
         import kernels
 
         return kernels.rms_norm(x, weight.to(x.dtype), eps)
-    normed = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)
+    acc = x.to(torch.promote_types(x.dtype, torch.float32))
+    normed = acc * torch.rsqrt(acc.pow(2).mean(-1, keepdim=True) + eps)
     return weight.to(x.dtype) * normed.to(x.dtype)
 
 

@@ -36,25 +36,28 @@ class LlamaConfig:
     mlp: str = "auto"
 
     def __post_init__(self):
-        if self.n_kv_heads is None:
-            self.n_kv_heads = self.n_heads
         self.validate()
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
 
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: n_kv_heads, or n_heads when that is None (so it follows --n-heads)."""
+        return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
+
     def validate(self) -> None:
         """Raise ValueError naming the field for any inconsistent value."""
-        for name in ("vocab_size", "n_layers", "n_heads", "n_kv_heads", "d_model", "d_mlp", "context"):
+        for name in ("vocab_size", "n_layers", "n_heads", "kv_heads", "d_model", "d_mlp", "context"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.d_model % self.n_heads:
             raise ValueError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
         if self.head_dim % 2:
             raise ValueError(f"head_dim = d_model / n_heads = {self.head_dim} must be even for RoPE")
-        if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.n_kv_heads})")
+        if self.n_heads % self.kv_heads:
+            raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for name, allowed in (("attention", ATTENTION_BACKENDS), ("norm", NORM_BACKENDS), ("mlp", MLP_BACKENDS)):
@@ -87,7 +90,7 @@ PRESETS: dict[str, Preset] = {
     # the experiments recorded in docs/TINY.md.
     "tiny": Preset(
         model=LlamaConfig(vocab_size=2048, n_layers=2, n_heads=4, d_model=128, d_mlp=512, context=256),
-        train=dict(seq_len=256, batch_size=8, lr=3e-3, min_lr=3e-3, warmup_steps=200, schedule="constant",
+        train=dict(seq_len=256, batch_size=8, lr=3e-3, warmup_steps=200, schedule="constant",
                    weight_decay=0.1, max_steps=30000, eval_every=500, ckpt_every=1000),
         description="2 layers x d128 on BPE-2048 Python source: the CPU default",
     ),

@@ -46,18 +46,18 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg = cfg
         hd = cfg.head_dim
-        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.n_kv_heads) * hd, bias=False)
+        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * hd, bias=False)
         self.wo = nn.Linear(cfg.n_heads * hd, cfg.d_model, bias=False)
 
     def forward(self, x, cos, sin, backend: str, targets=None):
         """x [B, T, d_model] -> ([B, T, d_model], AttentionStats or None)."""
         cfg, (B, T, _) = self.cfg, x.shape
         q, k, v = self.wqkv(x).split(
-            [cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim], dim=-1
+            [cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim], dim=-1
         )
         q = apply_rope(q.view(B, T, cfg.n_heads, cfg.head_dim), cos, sin)
-        k = apply_rope(k.view(B, T, cfg.n_kv_heads, cfg.head_dim), cos, sin)
-        v = v.view(B, T, cfg.n_kv_heads, cfg.head_dim)
+        k = apply_rope(k.view(B, T, cfg.kv_heads, cfg.head_dim), cos, sin)
+        v = v.view(B, T, cfg.kv_heads, cfg.head_dim)
         dropout_p = cfg.dropout if self.training else 0.0
         out, stats = backends.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                         backend=backend, dropout_p=dropout_p, targets=targets)

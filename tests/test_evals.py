@@ -1,0 +1,136 @@
+"""Copy evals: an oracle copier scores 1.0 (and ~0 on the control), a random model ~0."""
+
+import numpy as np
+import pytest
+import torch
+
+from data import TokenDataset, write_shards
+from evals.copying import (
+    PREFIX_TOKENS,
+    SUFFIX_TOKENS,
+    copy_metrics,
+    make_copy_cases,
+    make_repeat_batch,
+    repeat_metrics,
+    repeat_targets,
+)
+from evals.curves import half_max_step, plot_curves, run_summary
+from model import Llama, LlamaConfig
+from model.backends import AttentionStats
+
+VOCAB = 60
+
+
+@pytest.fixture(scope="module")
+def val_data(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(1, VOCAB, int(rng.integers(200, 400))) for _ in range(30)]
+    path = tmp_path_factory.mktemp("val")
+    write_shards(docs, path, VOCAB, eot=0)
+    return TokenDataset(path)
+
+
+class OracleCopier(torch.nn.Module):
+    """Predicts the token that followed the previous occurrence of the last 12 tokens."""
+
+    def forward(self, idx):
+        B, T = idx.shape
+        logits = torch.zeros(B, T, VOCAB)
+        for b in range(B):
+            seq = idx[b].tolist()
+            for t in range(PREFIX_TOKENS - 1, T):
+                gram = seq[t - PREFIX_TOKENS + 1 : t + 1]
+                for j in range(t - 1, PREFIX_TOKENS - 2, -1):
+                    if seq[j - PREFIX_TOKENS + 1 : j + 1] == gram:
+                        logits[b, t, seq[j + 1]] = 1.0
+                        break
+        return logits
+
+
+def test_cases_follow_the_protocol(val_data):
+    cases = make_copy_cases(val_data, 100, eot=0, n=40, seed=3)
+    assert cases.copy.shape == cases.control.shape == (40, 100)
+    W = 100 - PREFIX_TOKENS - SUFFIX_TOKENS
+    for copy, control in zip(cases.copy, cases.control, strict=True):
+        window, prefix, suffix = copy[:W], copy[W : W + PREFIX_TOKENS], copy[W + PREFIX_TOKENS :]
+        np.testing.assert_array_equal(control[W:], copy[W:])
+        assert not (window == 0).any(), "windows stay inside one document"
+        grams = np.lib.stride_tricks.sliding_window_view(window, PREFIX_TOKENS)
+        matches = np.flatnonzero((grams == prefix).all(1))
+        assert len(matches) == 1, "the prefix occurs exactly once in the window"
+        np.testing.assert_array_equal(window[matches[0] + PREFIX_TOKENS : matches[0] + 18], suffix)
+        assert not (np.lib.stride_tricks.sliding_window_view(control[:W], PREFIX_TOKENS) == prefix).all(1).any()
+    again = make_copy_cases(val_data, 100, eot=0, n=40, seed=3)
+    np.testing.assert_array_equal(again.copy, cases.copy)
+
+
+def test_oracle_copier_scores_one_and_zero_on_control(val_data):
+    cases = make_copy_cases(val_data, 80, eot=0, n=30)
+    m = copy_metrics(OracleCopier(), cases, "cpu")
+    assert m["copy_acc"] == 1.0 and m["copy_token_acc"] == 1.0
+    assert m["copy_control_acc"] <= 0.05
+    assert m["copy_gain"] >= 0.95
+
+
+def test_random_model_scores_about_zero(val_data):
+    cases = make_copy_cases(val_data, 80, eot=0, n=30)
+    model = Llama(LlamaConfig(vocab_size=VOCAB, n_layers=1, n_heads=2, d_model=16, d_mlp=32, context=80)).eval()
+    m = copy_metrics(model, cases, "cpu")
+    assert m["copy_acc"] <= 0.05 and m["copy_token_acc"] < 0.2
+
+
+def test_repeat_batch_layout():
+    tokens, periods = make_repeat_batch(500, 64, n=20, seed=1)
+    assert tokens.shape == (20, 64)
+    assert len(set(periods.tolist())) > 3, "periods vary"
+    for seq, L in zip(tokens, periods, strict=True):
+        L = int(L)
+        torch.testing.assert_close(seq[64 - L :], seq[64 - 2 * L : 64 - L])
+        assert len(set(seq[64 - L :].tolist())) == L
+    targets = repeat_targets(64, periods)
+    t, L = 63, int(periods[0])
+    assert targets[0, t, 0] == t - L + 1 and targets[0, 64 - L - 1, 0] == -1
+
+
+class PerfectInductionModel(torch.nn.Module):
+    """Attends fully to each target key and predicts the token at that key: a perfect copier."""
+
+    def __init__(self, n_layers=2, n_heads=3):
+        super().__init__()
+        self.n_layers, self.n_heads = n_layers, n_heads
+
+    def forward(self, idx, attention_targets):
+        B, T = idx.shape
+        tgt = attention_targets[..., 0]
+        logits = torch.zeros(B, T, 500)
+        safe = tgt.clamp(min=0)
+        logits.scatter_(2, idx.gather(1, safe)[..., None], 1.0)
+        mass = (tgt >= 0).float()[:, None, :, None].expand(B, self.n_heads, T, 1)
+        zeros = torch.zeros(B, self.n_heads, T)
+        return logits, [AttentionStats(zeros, zeros, mass) for _ in range(self.n_layers)]
+
+
+def test_repeat_metrics_of_a_perfect_and_a_uniform_model():
+    tokens, periods = make_repeat_batch(500, 64, n=16, seed=2)
+    m = repeat_metrics(PerfectInductionModel(), tokens, periods, "cpu")
+    assert m["repeat_acc"] == 1.0
+    assert np.allclose(m["induction"], 1.0) and m["induction_max"] == [1.0, 1.0]
+    # a real (random) model with uniform-ish attention scores about 1/context, and near-chance accuracy
+    model = Llama(LlamaConfig(vocab_size=500, n_layers=1, n_heads=2, d_model=16, d_mlp=32, context=64,
+                              init_std=1e-4)).eval()
+    m = repeat_metrics(model, tokens, periods, "cpu")
+    assert m["repeat_acc"] < 0.05
+    assert 0 < max(m["induction_max"]) < 0.1
+
+
+def test_half_max_step_and_summary(tmp_path):
+    assert half_max_step([1, 2, 3, 4], [0.0, 0.1, 0.6, 0.8]) == 3
+    assert half_max_step([1, 2], [0.0, 0.0]) is None
+    records = [{"step": s, "tokens": 10 * s, "loss": 5 - s / 10} for s in range(1, 11)]
+    for r in records[4::5]:
+        r.update(val_loss=r["loss"], copy_acc=0.5, copy_control_acc=0.1, copy_gain=0.4, repeat_acc=0.2,
+                 induction_max=[0.1, 0.3])
+    text = run_summary(records, wall_s=120)
+    assert "steps 10" in text and "half of max gain first reached at step 5" in text
+    plot_curves(records, tmp_path / "c.png")
+    assert (tmp_path / "c.png").stat().st_size > 10_000

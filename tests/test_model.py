@@ -1,0 +1,160 @@
+"""The Llama model: parameter count, causality, backends agree, it learns, checkpoints load."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from model import PRESETS, Llama, LlamaConfig, load_checkpoint
+from model.backends import attention_torch, resolve
+
+SMALL = dict(vocab_size=97, n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, d_mlp=48, context=64)
+
+
+def test_paper_162m_parameter_count():
+    with torch.device("meta"):
+        model = Llama(PRESETS["paper-162m"].model)
+    assert abs(model.num_parameters() - 162e6) <= 1e6, model.num_parameters()
+    assert not PRESETS["paper-162m"].model.tie_embeddings
+
+
+def test_presets_are_valid_configs():
+    for name, preset in PRESETS.items():
+        assert isinstance(preset.model, LlamaConfig), name
+        assert preset.train["seq_len"] <= preset.model.context, name
+
+
+@pytest.mark.parametrize("attention", ["torch", "sdpa"])
+def test_causality(attention):
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(**SMALL, attention=attention)).eval()
+    idx = torch.randint(0, 97, (2, 40))
+    changed = idx.clone()
+    t = 23
+    changed[:, t] = (idx[:, t] + 1) % 97
+    with torch.no_grad():
+        a, b = model(idx), model(changed)
+    torch.testing.assert_close(a[:, :t], b[:, :t], rtol=0, atol=0)
+    assert (a[:, t:] - b[:, t:]).abs().amax() > 1e-4, "changing token t must change logits at t and after"
+
+
+def loss_and_grads(cfg: LlamaConfig, idx: torch.Tensor):
+    torch.manual_seed(0)
+    model = Llama(cfg).double()
+    loss = model.loss(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("tie", [False, True])
+def test_attention_backends_agree(tie):
+    idx = torch.randint(0, 97, (2, 33))
+    ref_loss, ref_grads = loss_and_grads(LlamaConfig(**SMALL, attention="torch", tie_embeddings=tie), idx)
+    loss, grads = loss_and_grads(LlamaConfig(**SMALL, attention="sdpa", tie_embeddings=tie), idx)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-10, atol=0)
+    for name in ref_grads:
+        torch.testing.assert_close(grads[name], ref_grads[name], rtol=1e-8, atol=1e-12, msg=name)
+
+
+def test_attention_reference_matches_materialised_softmax():
+    q, k, v = (torch.randn(2, 4, 9, 8, dtype=torch.float64) for _ in range(3))
+    out, _ = attention_torch(q, k, v)
+    scores = q @ k.transpose(-1, -2) / 8**0.5
+    scores = scores.masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), float("-inf"))
+    torch.testing.assert_close(out, scores.softmax(-1) @ v)
+
+
+def test_attention_stats_reference():
+    """lse, entropy and target mass of the torch path against direct computation."""
+    q, k, v = (torch.randn(1, 2, 6, 4, dtype=torch.float64) for _ in range(3))
+    targets = torch.tensor([[[0, -1], [0, 1], [3, 1], [2, 5], [4, 0], [5, 5]]])  # [1, 6, 2]; 3 at t=2 is future
+    _, stats = attention_torch(q, k, v, targets=targets)
+    scores = (q @ k.transpose(-1, -2) / 2).masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), float("-inf"))
+    p = scores.softmax(-1)
+    torch.testing.assert_close(stats.lse, scores.logsumexp(-1).float(), check_dtype=False)
+    ent = -(p * p.clamp_min(1e-300).log()).sum(-1)
+    torch.testing.assert_close(stats.entropy.double(), ent)
+    assert stats.target_mass[0, :, 0, 1].abs().max() == 0  # -1 target
+    assert stats.target_mass[0, :, 2, 0].abs().max() == 0  # key 3 is in query 2's future
+    torch.testing.assert_close(stats.target_mass[0, :, 3, 0].double(), p[0, :, 3, 2])
+    torch.testing.assert_close(stats.target_mass[0, :, 5, 1].double(), p[0, :, 5, 5])
+
+
+def test_grouped_kv_heads_match_repeated_heads():
+    """GQA with n_kv_heads=2 equals multi-head attention whose k/v heads are repeated."""
+    torch.manual_seed(0)
+    q = torch.randn(1, 4, 10, 8)
+    k, v = torch.randn(1, 2, 10, 8), torch.randn(1, 2, 10, 8)
+    out, _ = attention_torch(q, k, v)
+    full, _ = attention_torch(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
+    torch.testing.assert_close(out, full)
+
+
+def test_loss_falls_on_a_fixed_batch():
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(**SMALL))
+    idx = torch.randint(0, 97, (4, 33))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(60):
+        loss = model.loss(idx[:, :-1], idx[:, 1:])
+        first = first if first is not None else float(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert float(loss) < 0.5 * first, (first, float(loss))
+
+
+def test_dropout_only_in_training():
+    model = Llama(LlamaConfig(**SMALL, dropout=0.5))
+    idx = torch.randint(0, 97, (2, 16))
+    model.eval()
+    torch.testing.assert_close(model(idx), model(idx))
+    model.train()
+    assert not torch.equal(model(idx), model(idx))
+
+
+def test_sequence_longer_than_context_is_an_error():
+    with pytest.raises(ValueError, match="longer than the model's context"):
+        Llama(LlamaConfig(**SMALL))(torch.zeros(1, 65, dtype=torch.long))
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("attention", "nope", "unknown attention backend"), ("n_heads", 5, "divisible by n_heads"),
+     ("n_kv_heads", 3, "multiple of n_kv_heads"), ("dropout", 1.5, "dropout must be")],
+)
+def test_bad_model_config(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        LlamaConfig(**{**SMALL, field: value})
+
+
+def test_backend_resolution():
+    assert resolve("attention", "auto", "cpu") == "sdpa"
+    assert resolve("norm", "auto", "cpu") == "torch"
+    with pytest.raises(ValueError, match="flash_attn"):
+        resolve("attention", "flash_attn", "cpu")
+
+
+def test_load_checkpoint_from_file_and_run_dir(tmp_path):
+    from model.checkpoint import checkpoint_path, save_atomically
+
+    cfg = LlamaConfig(**SMALL)
+    model = Llama(cfg)
+    for step in (5, 10):
+        save_atomically({"model": model.state_dict(), "model_config": cfg.to_dict(), "step": step},
+                        checkpoint_path(tmp_path, step))
+    loaded, loaded_cfg = load_checkpoint(tmp_path)
+    assert loaded_cfg == cfg
+    idx = torch.randint(0, 97, (1, 8))
+    torch.testing.assert_close(loaded(idx), model(idx))
+    assert load_checkpoint(checkpoint_path(tmp_path, 5))[1] == cfg
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):
+        load_checkpoint(tmp_path / "checkpoints")
+
+
+def test_logits_are_fp32_cross_entropy_ready():
+    model = Llama(LlamaConfig(**SMALL))
+    idx = torch.randint(0, 97, (2, 8))
+    assert model(idx).dtype == torch.float32
+    torch.testing.assert_close(model.loss(idx[:, :-1], idx[:, 1:]),
+                               F.cross_entropy(model(idx[:, :-1]).flatten(0, 1), idx[:, 1:].flatten()))

@@ -1,0 +1,180 @@
+"""train.py end to end on CPU: DDP ranks stay identical, kill -9 + resume is bit-identical,
+SIGTERM checkpoints, and bad configurations fail before training with a message naming the field."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from data.prepare import bytes_tokenizer, collect_sources, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+SMALL = ["--vocab-size", "257", "--n-layers", "1", "--d-model", "32", "--n-heads", "2", "--d-mlp", "64",
+         "--context", "64", "--seq-len", "64", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "5",
+         "--log-every", "1", "--quiet", "--dtype", "fp32"]
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A small byte-level corpus: a few standard-library modules."""
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = [stdlib / name for name in ("os.py", "argparse.py", "random.py", "textwrap.py", "shlex.py")]
+    out = tmp_path_factory.mktemp("corpus") / "bytes"
+    sources = collect_sources(files)
+    prepare(sources, out, tokenizer=bytes_tokenizer(), val_fraction=0.4, progress=False)
+    return out
+
+
+def env(**extra):
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo",
+            "PYTHONUNBUFFERED": "1", **extra}
+
+
+def run_train(args, **extra_env):
+    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env(**extra_env),
+                          capture_output=True, text=True, timeout=600)
+
+
+def final_state(run_dir):
+    from model.checkpoint import list_checkpoints
+
+    return torch.load(list_checkpoints(run_dir)[-1], weights_only=False)
+
+
+def assert_same_state(a, b):
+    assert a["step"] == b["step"]
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), f"parameter {name} differs"
+    for key, state in a["optimizer"]["state"].items():
+        for field, value in state.items():
+            assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][key][field])), key
+
+
+@pytest.mark.slow
+def test_kill9_then_resume_is_bit_identical(corpus, tmp_path):
+    # dropout exercises the RNG state; evals in between must not disturb it
+    args = [*SMALL, "--data", str(corpus), "--max-steps", "30", "--ckpt-every", "10", "--eval-every", "15",
+            "--dropout", "0.1", "--attention", "torch"]
+    straight = run_train([*args, "--out", str(tmp_path / "straight")])
+    assert straight.returncode == 0, straight.stderr
+
+    crashed = run_train([*args, "--out", str(tmp_path / "crashed")], GROKCOPY_CRASH_AT_STEP="25")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    assert final_state(tmp_path / "crashed")["step"] == 20
+    resumed = run_train([*args, "--out", str(tmp_path / "crashed")])
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout and "from step 20" in resumed.stdout
+
+    assert_same_state(final_state(tmp_path / "straight"), final_state(tmp_path / "crashed"))
+    # the metrics of steps 21-25 logged before the crash were replaced, not duplicated
+    steps = [json.loads(line)["step"] for line in (tmp_path / "crashed" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 30
+
+
+@pytest.mark.slow
+def test_sigterm_writes_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
+    from model.checkpoint import list_checkpoints
+
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *SMALL, "--data", str(corpus),
+                             "--max-steps", "100000", "--ckpt-every", "0", "--eval-every", "0", "--out", str(out)],
+                            cwd=ROOT, env=env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = out / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr
+    assert "stopped by signal" in stdout
+    (ckpt,) = list_checkpoints(out)
+    step = torch.load(ckpt, weights_only=False)["step"]
+    assert 3 <= step < 100000 and ckpt.name == f"step-{step:08d}.pt"
+
+
+@pytest.mark.slow
+def test_two_process_ddp_keeps_ranks_identical(corpus, tmp_path):
+    out = tmp_path / "ddp"
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(ROOT / "train.py"),
+         *SMALL, "--data", str(corpus), "--max-steps", "12", "--eval-every", "6", "--grad-accum", "2",
+         "--out", str(out)],
+        cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    final = json.loads((out / "final.json").read_text())
+    digests = final["param_sha256_per_rank"]
+    assert len(digests) == 2 and digests[0] == digests[1]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert records[-1]["tokens"] == 12 * 4 * 64 * 2 * 2  # steps x batch x seq x accum x ranks
+    ckpt = final_state(out)
+    assert len(ckpt["sampler"]) == 2 and ckpt["sampler"][0]["rank"] == 0 and ckpt["sampler"][1]["rank"] == 1
+
+
+def run_main(argv, capsys):
+    code = train.main(argv)
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--lr", "-1"], "--lr -1.0 must be > 0"),
+        (["--seq-len", "128"], "--seq-len 128 must be in [36, context=64]"),
+        (["--attention", "nope"], "unknown attention backend 'nope'"),
+        (["--preset", "huge"], "--preset 'huge' is unknown"),
+        (["--schedule", "wavy"], "--schedule 'wavy'"),
+        (["--global-batch", "6"], "--global-batch 6 is not divisible by batch_size x ranks = 4 x 1"),
+        (["--vocab-size", "100"], "vocab_size 257, larger than the model's vocab_size 100"),
+    ],
+)
+def test_bad_config_fails_before_training(corpus, tmp_path, capsys, flags, message):
+    out = tmp_path / "run"
+    code, err = run_main([*SMALL, "--data", str(corpus), "--out", str(out), "--max-steps", "5", *flags], capsys)
+    assert code == 2 and message in err, err
+    assert not (out / "checkpoints").exists() and not (out / "metrics.jsonl").exists()
+
+
+def test_config_file_and_its_errors(corpus, tmp_path, capsys):
+    good = tmp_path / "good.toml"
+    good.write_text('lr = 2e-3\nd_model = 48\nn_heads = 3\n')
+    cfg, model_cfg = train.parse_args(["--config", str(good), "--lr", "1e-3"])
+    assert cfg.lr == 1e-3 and model_cfg.d_model == 48 and model_cfg.n_heads == 3  # the flag beats the file
+    bad = tmp_path / "bad.toml"
+    bad.write_text('lr = 2e-3\nlearning_rate = 1\n')
+    code, err = run_main(["--config", str(bad)], capsys)
+    assert code == 2 and "unknown keys ['learning_rate']" in err
+    code, err = run_main(["--config", str(tmp_path / "missing.toml")], capsys)
+    assert code == 2 and "missing.toml: no such file" in err
+    code, err = run_main(["--data", str(tmp_path), "--out", str(tmp_path / "r")], capsys)
+    assert code == 2 and "not a prepared corpus" in err
+
+
+def test_lr_schedule():
+    cfg = train.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110, schedule="cosine")
+    assert train.lr_at(0, cfg) == pytest.approx(0.1)
+    assert train.lr_at(9, cfg) == pytest.approx(1.0)
+    assert train.lr_at(60, cfg) == pytest.approx(0.55)
+    assert train.lr_at(110, cfg) == pytest.approx(0.1)
+    cfg.schedule = "constant"
+    assert train.lr_at(100, cfg) == 1.0
+
+
+def test_weight_decay_skips_norms():
+    from model import Llama, LlamaConfig
+
+    model = Llama(LlamaConfig(vocab_size=50, n_layers=1, n_heads=2, d_model=16, d_mlp=32, context=16))
+    opt = train.make_optimizer(model, train.TrainConfig(weight_decay=0.1), fused=False)
+    decayed, plain = opt.param_groups
+    assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
+    assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert len(plain["params"]) == 3  # two block norms and the final norm
