@@ -383,19 +383,21 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
         if world > 1:
             dist.barrier()
 
-    # --- evals: fixed copy cases stored in the run directory, repeated random tokens, val loss
+    # --- evals: fixed copy cases stored in the run directory, repeated random tokens, val loss.
+    # Every rank evaluates (an FSDP forward is a collective, so all ranks must take part); the
+    # inputs are deterministic, so all ranks compute the same numbers and rank 0 logs them.
     eot = meta["tokenizer"]["eot_id"]
-    copy_cases = load_or_make_copy_cases(run_dir / "copy_cases.npz", val_data, cfg.seq_len, eot) if master else None
-    repeat_tokens, repeat_periods = make_repeat_batch(meta["vocab_size"], cfg.seq_len, low=0)
+    copy_cases = load_or_make_copy_cases(run_dir / "copy_cases.npz", val_data, cfg.seq_len, eot, save=master)
+    repeat_tokens, repeat_periods = make_repeat_batch(meta["vocab_size"], cfg.seq_len)
     val_windows = WindowSampler(val_data, cfg.seq_len + 1, seed=999).next_batch(32)
 
     def evaluate() -> dict:
         model.eval()
         with torch.no_grad(), autocast:
             val = torch.as_tensor(val_windows, device=device)
-            val_loss = float(model.loss(val[:, :-1], val[:, 1:]))
-            result = {"val_loss": val_loss, **copy_metrics(model, copy_cases, device)}
-            result.update(repeat_metrics(model, repeat_tokens, repeat_periods, device))
+            result = {"val_loss": float(model.loss(val[:, :-1], val[:, 1:])),
+                      **copy_metrics(model, copy_cases, device),
+                      **repeat_metrics(model, repeat_tokens, repeat_periods, device)}
         model.train()
         return result
 
@@ -449,12 +451,9 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
                       "elapsed_s": now - t_start}
             t_last = now
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            if master:
-                record = {**(record or {"step": step, "tokens": step * tokens_per_step, "loss": step_loss}),
-                          **evaluate()}
-                last_copy = record["copy_acc"]
-            if world > 1:
-                dist.barrier()
+            record = {**(record or {"step": step, "tokens": step * tokens_per_step, "loss": step_loss}),
+                      **evaluate()}
+            last_copy = record["copy_acc"]
             t_last = time.time()  # evals do not count against throughput
         if master and record is not None:
             with open(metrics_path, "a") as f:

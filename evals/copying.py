@@ -90,14 +90,18 @@ def make_copy_cases(dataset, seq_len: int, *, eot: int | None, n: int = N_COPY_C
     return CopyCases(np.stack(copies), np.stack(controls))
 
 
-def load_or_make_copy_cases(path: Path, dataset, seq_len: int, eot: int | None) -> CopyCases:
-    """The run's fixed case set: made once, stored in the run directory, reused on resume."""
+def load_or_make_copy_cases(path: Path, dataset, seq_len: int, eot: int | None, save: bool = True) -> CopyCases:
+    """The run's fixed case set: made once, stored in the run directory, reused on resume.
+
+    Making them is deterministic, so every DDP rank can call this; only one should `save`.
+    """
     if path.is_file():
         cases = CopyCases.load(path)
         if cases.copy.shape[1] == seq_len:
             return cases
     cases = make_copy_cases(dataset, seq_len, eot=eot)
-    cases.save(path)
+    if save:
+        cases.save(path)
     return cases
 
 

@@ -102,12 +102,13 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_ddp_keeps_ranks_identical(corpus, tmp_path):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp2"])
+def test_two_process_run_keeps_ranks_identical(corpus, tmp_path, sharding):
     out = tmp_path / "ddp"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(ROOT / "train.py"),
          *SMALL, "--data", str(corpus), "--max-steps", "12", "--eval-every", "6", "--grad-accum", "2",
-         "--out", str(out)],
+         "--out", str(out), *sharding],
         cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
