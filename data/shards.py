@@ -10,7 +10,6 @@ from __future__ import annotations
 import mmap
 import os
 import struct
-import tempfile
 import zlib
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -18,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import zstandard
+
+from data.atomic import write_atomically
 
 MAGIC = b"GRKTOKS\x00"
 FORMAT_VERSION = 1
@@ -51,30 +52,6 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 # ---------------------------------------------------------------------------------------------
 # Writing
-
-
-def _write_atomically(path: Path, chunks: Iterable[bytes]) -> None:
-    """Write to a temp file in the same directory, fsync, then rename over `path`.
-
-    A crash at any point leaves either no file or the previous one, never a partial shard under
-    the final name (and a partial temp file fails the header and index checks anyway).
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)  # make the rename itself durable
-    finally:
-        os.close(dir_fd)
 
 
 def _encode_shard(tokens: np.ndarray, vocab_size: int, frame_tokens: int, level: int) -> list[bytes]:
@@ -141,7 +118,8 @@ def write_shards(
         joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
         shard, rest = joined[:n], joined[n:]
         path = out_dir / f"{prefix}-{len(paths):05d}{SHARD_SUFFIX}"
-        _write_atomically(path, _encode_shard(shard, vocab_size, frame_tokens, level))
+        chunks = _encode_shard(shard, vocab_size, frame_tokens, level)
+        write_atomically(path, lambda f: f.writelines(chunks))
         paths.append(path)
         pending, n_pending = ([rest], len(rest)) if len(rest) else ([], 0)
 

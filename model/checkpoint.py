@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 import torch
 
+from data.atomic import write_atomically
 from model.config import LlamaConfig
 from model.llama import Llama
 
@@ -34,18 +34,8 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
 
 
 def save_atomically(obj: dict, path: Path) -> None:
-    """torch.save to a temp file beside `path`, fsync, rename: a kill never leaves a half file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through a temp file, fsync and rename: a kill never leaves a half checkpoint."""
+    write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def resolve_checkpoint(path: str | os.PathLike) -> Path:

@@ -97,11 +97,11 @@ def test_loss_falls_on_a_fixed_batch():
     first = None
     for _ in range(60):
         loss = model.loss(idx[:, :-1], idx[:, 1:])
-        first = first if first is not None else float(loss)
+        first = first if first is not None else loss.item()
         opt.zero_grad()
         loss.backward()
         opt.step()
-    assert float(loss) < 0.5 * first, (first, float(loss))
+    assert loss.item() < 0.5 * first, (first, loss.item())
 
 
 def test_dropout_only_in_training():
