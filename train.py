@@ -10,7 +10,8 @@ run directory resumes from its latest checkpoint. DDP over torch.distributed (gl
 CUDA); optional FSDP2 (`--fsdp`) and `--compile`.
 
 Writes to the run directory: config.json, metrics.jsonl (one JSON object per logged step),
-copy_cases.npz (the fixed copy-eval set), checkpoints/step-*.pt, curves.png.
+copy_cases.npz (the fixed copy-eval set), checkpoints/step-*.pt, curves.png, and with TensorBoard
+installed tb/ (event files of the same metrics).
 """
 
 from __future__ import annotations
@@ -42,9 +43,11 @@ from torch.distributed.checkpoint.state_dict import (
 from data import TokenDataset, WindowSampler
 from data.prepare import ensure_default_corpus
 from evals.copying import copy_metrics, load_or_make_copy_cases, make_repeat_batch, repeat_metrics
-from evals.curves import plot_curves, run_summary
+from evals.curves import plot_curves, read_metrics, run_summary
+from evals.tensorboard import TensorBoardLog, tensorboard_available
 from model import PRESETS, Llama, LlamaConfig
 from model.checkpoint import checkpoint_path, list_checkpoints, save_atomically
+from model.hf import load_hf_weights, model_shape_from_hf, read_hf_config
 
 MODEL_FIELDS = {f.name for f in fields(LlamaConfig)}
 # Fault injection for the crash-resume test: SIGKILL this process right after this step.
@@ -82,6 +85,8 @@ class TrainConfig:
     compile: bool = False
     fsdp: bool = False
     quiet: bool = False
+    init_from_hf: str = ""  # an HF Llama directory: its shape and weights start a fresh run
+    tensorboard: bool | None = None  # event files in <run>/tb; None: on when tensorboard is installed
 
 
 class ConfigError(ValueError):
@@ -97,7 +102,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, LlamaConfig]
     parser.add_argument("--config", help="TOML file of field = value (flags override it)")
     for f in [*fields(TrainConfig), *(f for f in fields(LlamaConfig) if f.name in MODEL_FIELDS)]:
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool):
+        if f.type in ("bool", bool, "bool | None"):
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
             kind = {"int": int, "float": float, "str": str, "int | None": int}.get(str(f.type), str)
@@ -132,7 +137,9 @@ def resolve_config(overrides: dict) -> tuple[TrainConfig, LlamaConfig]:
         raise ConfigError(f"--preset {name!r} is unknown; choose from {sorted(PRESETS)}")
     preset = PRESETS[name]
     train_values = {**preset.train, **{k: v for k, v in overrides.items() if k not in MODEL_FIELDS}}
-    model_values = {**preset.model.to_dict(), **{k: v for k, v in overrides.items() if k in MODEL_FIELDS}}
+    model_flags = {k: v for k, v in overrides.items() if k in MODEL_FIELDS}
+    hf_shape = hf_model_shape(train_values.get("init_from_hf", ""), model_flags)
+    model_values = {**preset.model.to_dict(), **hf_shape, **model_flags}
     unknown = sorted(set(train_values) - {f.name for f in fields(TrainConfig)})
     if unknown:
         raise ConfigError(f"unknown config keys {unknown}")
@@ -145,6 +152,24 @@ def resolve_config(overrides: dict) -> tuple[TrainConfig, LlamaConfig]:
         cfg.min_lr = 0.1 * cfg.lr
     validate(cfg, model_cfg)
     return cfg, model_cfg
+
+
+def hf_model_shape(path: str, model_flags: dict) -> dict:
+    """The model shape of --init-from-hf's config.json ({} without one): it replaces the preset's
+    shape, and a shape flag that contradicts it is an error."""
+    if not path:
+        return {}
+    try:
+        shape = model_shape_from_hf(read_hf_config(path))
+    except (FileNotFoundError, ValueError) as e:
+        raise ConfigError(f"--init-from-hf {path}: {e}") from None
+    hf_kv_heads = shape["n_kv_heads"] or shape["n_heads"]  # None means as many as n_heads
+    for name, value in model_flags.items():
+        theirs = hf_kv_heads if name == "n_kv_heads" else shape.get(name, value)
+        if value != theirs:
+            raise ConfigError(f"--{name.replace('_', '-')} {value!r} contradicts --init-from-hf {path}, whose "
+                              f"{name} is {theirs!r}")
+    return shape
 
 
 def validate(cfg: TrainConfig, model_cfg: LlamaConfig) -> None:
@@ -175,6 +200,8 @@ def validate(cfg: TrainConfig, model_cfg: LlamaConfig) -> None:
             raise ConfigError(f"--{name.replace('_', '-')} {getattr(cfg, name)!r} {why}")
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise ConfigError("--device cuda, but CUDA is not available on this machine")
+    if cfg.tensorboard and not tensorboard_available():
+        raise ConfigError("--tensorboard, but the tensorboard package is not installed (pip install -e '.[tb]')")
 
 
 def finish_config(cfg: TrainConfig, model_cfg: LlamaConfig, world: int, data_vocab: int) -> None:
@@ -336,6 +363,9 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
     # --- model, optimizer
     torch.manual_seed(cfg.seed)
     model = Llama(model_cfg).to(device)
+    if cfg.init_from_hf and resume is None:  # a resumed run continues from its checkpoint instead
+        load_hf_weights(model, cfg.init_from_hf)
+        log(f"initialised from the weights in {cfg.init_from_hf}")
     if cfg.fsdp:
         from torch.distributed.fsdp import fully_shard
 
@@ -363,10 +393,12 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
     del resume
 
     metrics_path = run_dir / "metrics.jsonl"
-    if master:  # drop what was logged after the checkpoint we resume from: it will be redone
-        kept = [line for line in (metrics_path.read_text().splitlines() if metrics_path.exists() else [])
-                if json.loads(line)["step"] <= step] if step else []
-        metrics_path.write_text("".join(line + "\n" for line in kept))
+    if master:  # drop what was logged after the checkpoint we resume from (and a line cut by a kill)
+        kept = [r for r in read_metrics(metrics_path)[0] if r["step"] <= step] if step else []
+        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+    tensorboard = None
+    if master and (cfg.tensorboard if cfg.tensorboard is not None else tensorboard_available()):
+        tensorboard = TensorBoardLog(run_dir / "tb", purge_step=step + 1 if step else None)
 
     def save_checkpoint() -> None:
         state = {
@@ -458,6 +490,8 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
         if master and record is not None:
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if tensorboard is not None:  # the same record, so both hold the same numbers
+                tensorboard.write(record)
         if bar is not None:
             bar.update(1)
             bar.set_postfix(loss=f"{step_loss:.3f}", copy=f"{last_copy:.2f}",
@@ -470,6 +504,8 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
             return 0
     if bar is not None:
         bar.close()
+    if tensorboard is not None:
+        tensorboard.close()
 
     # every rank's parameters must be identical after DDP training: check it rather than assume it
     digests = gather(parameter_digest(model), world)
@@ -479,7 +515,7 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
             log(f"error: parameters differ across ranks after training: {digests}")
             return 4
     if master:
-        records = [json.loads(line) for line in metrics_path.read_text().splitlines()]
+        records = read_metrics(metrics_path)[0]
         log(run_summary(records, wall_s=time.time() - t_start))
         if any("copy_gain" in r for r in records):
             plot_curves(records, run_dir / "curves.png", title=f"{run_dir.name} ({cfg.preset})")

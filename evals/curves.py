@@ -2,7 +2,21 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+
+
+def read_metrics(path: Path) -> tuple[list[dict], int]:
+    """(records, unreadable lines) of a metrics.jsonl that may still be being written."""
+    if not path.is_file():
+        return [], 0
+    records, unreadable = [], 0
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:  # the line a running (or killed) trainer was writing
+            unreadable += 1
+    return records, unreadable
 
 
 def half_max_step(steps: list[int], values: list[float]) -> int | None:

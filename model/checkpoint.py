@@ -10,6 +10,7 @@ import os
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from data.atomic import write_atomically
@@ -17,6 +18,9 @@ from model.config import LlamaConfig
 from model.llama import Llama
 
 CHECKPOINT_RE = re.compile(r"step-(\d+)\.pt$")
+# The only non-torch objects in a checkpoint are numpy RNG states (a uint32 array): allowing these
+# lets load_checkpoint keep torch.load's weights_only safety (no arbitrary code from a pickle).
+NUMPY_RNG_GLOBALS = [np.zeros(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def checkpoint_path(run_dir: str | os.PathLike, step: int) -> Path:
@@ -53,7 +57,8 @@ def resolve_checkpoint(path: str | os.PathLike) -> Path:
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> tuple[Llama, LlamaConfig]:
     """(model, config) from a checkpoint file or a run directory (then its latest checkpoint)."""
-    ckpt = torch.load(resolve_checkpoint(path), map_location=map_location, weights_only=True)
+    with torch.serialization.safe_globals(NUMPY_RNG_GLOBALS):
+        ckpt = torch.load(resolve_checkpoint(path), map_location=map_location, weights_only=True)
     cfg = LlamaConfig.from_dict(ckpt["model_config"])
     model = Llama(cfg)
     model.load_state_dict(ckpt["model"])

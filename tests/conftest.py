@@ -7,6 +7,8 @@ triton, on any machine without CUDA. On a GPU machine the kernels compile for re
 
 import os
 import shutil
+import sysconfig
+from pathlib import Path
 
 if not shutil.which("nvidia-smi"):
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -23,3 +25,16 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 def _seed_everything():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def corpus(tmp_path_factory):
+    """A small byte-level corpus (a few standard-library modules), shared by the trainer tests."""
+    from data.prepare import bytes_tokenizer, collect_sources, prepare
+
+    stdlib = Path(sysconfig.get_paths()["stdlib"])
+    files = [stdlib / name for name in ("os.py", "argparse.py", "random.py", "textwrap.py", "shlex.py")]
+    out = tmp_path_factory.mktemp("corpus") / "bytes"
+    sources = collect_sources(files)
+    prepare(sources, out, tokenizer=bytes_tokenizer(), val_fraction=0.4, progress=False)
+    return out

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import sysconfig
 import time
 from pathlib import Path
 
@@ -14,23 +13,11 @@ import pytest
 import torch
 
 import train
-from data.prepare import bytes_tokenizer, collect_sources, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--vocab-size", "257", "--n-layers", "1", "--d-model", "32", "--n-heads", "2", "--d-mlp", "64",
          "--context", "64", "--seq-len", "64", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "5",
          "--log-every", "1", "--quiet", "--dtype", "fp32"]
-
-
-@pytest.fixture(scope="session")
-def corpus(tmp_path_factory):
-    """A small byte-level corpus: a few standard-library modules."""
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    files = [stdlib / name for name in ("os.py", "argparse.py", "random.py", "textwrap.py", "shlex.py")]
-    out = tmp_path_factory.mktemp("corpus") / "bytes"
-    sources = collect_sources(files)
-    prepare(sources, out, tokenizer=bytes_tokenizer(), val_fraction=0.4, progress=False)
-    return out
 
 
 def env(**extra):
@@ -69,6 +56,8 @@ def test_kill9_then_resume_is_bit_identical(corpus, tmp_path):
     crashed = run_train([*args, "--out", str(tmp_path / "crashed")], GROKCOPY_CRASH_AT_STEP="25")
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     assert final_state(tmp_path / "crashed")["step"] == 20
+    with open(tmp_path / "crashed" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 26, "tok')  # a kill in the middle of a write leaves a cut line
     resumed = run_train([*args, "--out", str(tmp_path / "crashed")])
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming" in resumed.stdout and "from step 20" in resumed.stdout

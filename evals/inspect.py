@@ -1,0 +1,214 @@
+"""Summarise a run directory: what was trained, how far it got, when copying appeared.
+
+    python -m evals.inspect RUN_DIR [--json] [--induction-threshold 0.3]
+
+Reads only what is on disk, so it works on a run that is still training (a half-written last
+line of metrics.jsonl is skipped and counted), on a crashed one and on a finished one. Prints the
+configuration (preset, model shape, parameters, data), steps and tokens done, the latest and best
+copy accuracy and gain, the step at which copy accuracy first reached 50%, each layer's induction
+onset (the first eval at which its best head's induction score reaches the threshold), throughput,
+the checkpoints on disk, and whether the run can be resumed and whether it finished (final.json).
+Exits 1 when RUN_DIR is not a grokcopy run directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from evals.curves import read_metrics
+from model.checkpoint import CHECKPOINT_RE, list_checkpoints
+from model.config import LlamaConfig
+from model.llama import Llama
+
+COPY_ACC_MILESTONE = 0.5
+RECIPE_FIELDS = ("lr", "schedule", "warmup_steps", "weight_decay", "batch_size", "seq_len", "grad_accum", "max_steps")
+RECENT_RECORDS = 10  # throughput is the mean over this many of the latest logged intervals
+
+
+class NotARunError(Exception):
+    """The directory is not a grokcopy run directory; the message says why."""
+
+
+def wall_seconds(records: list[dict]) -> float:
+    """Training wall time over every process of the run: elapsed_s restarts at each resume."""
+    total, last = 0.0, 0.0
+    for r in records:
+        if "elapsed_s" in r:
+            if r["elapsed_s"] < last:
+                total += last
+            last = r["elapsed_s"]
+    return total + last
+
+
+def first_step(evals: list[dict], reached) -> int | None:
+    """The step of the first eval record for which `reached(record)` holds."""
+    return next((r["step"] for r in evals if reached(r)), None)
+
+
+def count_parameters(model_config: dict) -> int:
+    with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+        return Llama(LlamaConfig.from_dict(model_config)).num_parameters()
+
+
+def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = 0.3) -> dict:
+    """Everything the report shows, as a JSON-ready dict. Raises NotARunError."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise NotARunError(f"{run_dir}: no such directory")
+    if not (run_dir / "config.json").is_file():
+        raise NotARunError(f"{run_dir} is not a grokcopy run directory (no config.json)")
+    try:
+        config = json.loads((run_dir / "config.json").read_text())
+    except json.JSONDecodeError as e:
+        raise NotARunError(f"{run_dir} is not a grokcopy run directory (config.json is not JSON: {e})") from None
+    if not isinstance(config, dict) or not {"preset", "model"} <= set(config):
+        raise NotARunError(f"{run_dir} is not a grokcopy run directory (config.json has no preset and model)")
+
+    records, unreadable = read_metrics(run_dir / "metrics.jsonl")
+    evals = [r for r in records if "copy_acc" in r]
+    last = records[-1] if records else {"step": 0, "tokens": 0}
+    model = config["model"]
+    meta = config.get("data_meta", {})
+    metrics_file = run_dir / "metrics.jsonl"
+    world = config.get("world_size", 1)
+
+    checkpoints = []
+    for path in list_checkpoints(run_dir):
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:  # rotated away by the running trainer since we listed it
+            continue
+        checkpoints.append({"step": int(CHECKPOINT_RE.search(path.name).group(1)), "path": str(path), "bytes": size})
+    final_file = run_dir / "final.json"
+    final = json.loads(final_file.read_text()) if final_file.is_file() else None
+    recent = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][-RECENT_RECORDS:]
+
+    copy = None
+    if evals:
+        latest = evals[-1]
+        best_acc = max(evals, key=lambda r: r["copy_acc"])
+        best_gain = max(evals, key=lambda r: r["copy_gain"])
+        copy = {
+            "evals": len(evals),
+            "latest": {k: latest[k] for k in ("step", "copy_acc", "copy_gain", "copy_control_acc")},
+            "best_acc": {"step": best_acc["step"], "copy_acc": best_acc["copy_acc"]},
+            "best_gain": {"step": best_gain["step"], "copy_gain": best_gain["copy_gain"]},
+            "acc_50_step": first_step(evals, lambda r: r["copy_acc"] >= COPY_ACC_MILESTONE),
+        }
+    induction = None
+    if evals:
+        n_layers = len(evals[-1]["induction_max"])
+        induction = {
+            "threshold": induction_threshold,
+            "onset_step": [first_step(evals, lambda r, i=i: r["induction_max"][i] >= induction_threshold)
+                           for i in range(n_layers)],
+            "latest_max": evals[-1]["induction_max"],
+        }
+    return {
+        "run_dir": str(run_dir),
+        "preset": config["preset"],
+        "model": {**model, "kv_heads": model["n_kv_heads"] or model["n_heads"],
+                  "parameters": count_parameters(model)},
+        "data": {"dir": config.get("data_dir"), "tokenizer": meta.get("tokenizer", {}).get("kind"),
+                 "vocab_size": meta.get("vocab_size"),
+                 "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens")},
+        "recipe": {**{k: config[k] for k in RECIPE_FIELDS}, "dropout": model["dropout"], "world_size": world,
+                   "tokens_per_step": config["batch_size"] * config["seq_len"] * config["grad_accum"] * world},
+        "progress": {"step": last["step"], "tokens": last["tokens"], "wall_s": wall_seconds(records),
+                     "metrics_lines": len(records), "unreadable_lines": unreadable,
+                     "last_write_s_ago": time.time() - metrics_file.stat().st_mtime
+                     if metrics_file.is_file() else None},
+        "tokens_per_s": sum(recent) / len(recent) if recent else None,
+        "copy": copy,
+        "induction": induction,
+        "checkpoints": checkpoints,
+        "resumable": bool(checkpoints),  # config.json is there, or we would not have got here
+        "finished": final is not None,
+        "final_step": final["step"] if final else None,
+        "tensorboard": (run_dir / "tb").is_dir(),
+    }
+
+
+def _step(step: int | None) -> str:
+    return "never" if step is None else f"step {step:,}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.1f} min"
+
+
+def format_report(r: dict) -> str:
+    """The report as the lines the CLI prints."""
+    m, d, rec, p = r["model"], r["data"], r["recipe"], r["progress"]
+    lines = [
+        f"run       {r['run_dir']}  (preset {r['preset']})",
+        f"model     {m['n_layers']} layers x d{m['d_model']}, {m['n_heads']} heads ({m['kv_heads']} KV), "
+        f"MLP {m['d_mlp']}, vocab {m['vocab_size']}, context {m['context']}, "
+        f"{'tied' if m['tie_embeddings'] else 'untied'} embeddings: {m['parameters'] / 1e6:.2f}M parameters",
+        f"data      {d['dir']} ({d['tokenizer']}, vocab {d['vocab_size']}"
+        + (f", {d['train_tokens'] / 1e6:.1f}M train tokens)" if d["train_tokens"] else ")"),
+        f"recipe    lr {rec['lr']:g} {rec['schedule']}, warmup {rec['warmup_steps']}, weight decay "
+        f"{rec['weight_decay']:g}, dropout {rec['dropout']:g}; {rec['batch_size']} x {rec['seq_len']} tokens x "
+        f"{rec['grad_accum']} accum x {rec['world_size']} rank(s) = {rec['tokens_per_step']:,} tokens/step",
+        f"progress  step {p['step']:,} of {rec['max_steps']:,} ({100 * p['step'] / rec['max_steps']:.0f}%), "
+        f"{p['tokens'] / 1e6:.1f}M tokens, {_duration(p['wall_s'])} of training"
+        + (f"; metrics.jsonl last written {_duration(p['last_write_s_ago'])} ago"
+           if p["last_write_s_ago"] is not None else "; no metrics.jsonl yet")
+        + (f"; {p['unreadable_lines']} half-written line skipped" if p["unreadable_lines"] else ""),
+    ]
+    if r["tokens_per_s"] is not None:
+        lines.append(f"speed     {r['tokens_per_s']:,.0f} tokens/s (mean of the last {RECENT_RECORDS} logged "
+                     "intervals)")
+    if r["copy"]:
+        c = r["copy"]
+        lines.append(
+            f"copy      latest acc {c['latest']['copy_acc']:.3f} (gain {c['latest']['copy_gain']:+.3f}, control "
+            f"{c['latest']['copy_control_acc']:.3f}) at step {c['latest']['step']:,} ({c['evals']} evals)\n"
+            f"          best acc {c['best_acc']['copy_acc']:.3f} at step {c['best_acc']['step']:,}; best gain "
+            f"{c['best_gain']['copy_gain']:+.3f} at step {c['best_gain']['step']:,}; acc first >= 50%: "
+            f"{_step(c['acc_50_step'])}")
+        ind = r["induction"]
+        lines.append(
+            "induction onset (first eval where the layer's best head scores >= "
+            f"{ind['threshold']:g}; --induction-threshold): "
+            + ", ".join(f"layer {i} {_step(s)}" for i, s in enumerate(ind["onset_step"]))
+            + "\n          latest best head per layer: " + ", ".join(f"{v:.2f}" for v in ind["latest_max"]))
+    else:
+        lines.append("copy      no evals logged yet")
+    ckpts = ", ".join(f"step {c['step']:,} ({c['bytes'] / 1e6:.1f} MB)" for c in r["checkpoints"]) or "none"
+    lines.append(f"checkpoints {ckpts}; resumable: "
+                 + (f"yes, from step {r['checkpoints'][-1]['step']:,}" if r["resumable"] else "no"))
+    if r["finished"]:
+        lines.append(f"finished  yes, at step {r['final_step']:,} (final.json)")
+    else:
+        lines.append("finished  no final.json: still training, stopped by a signal, or crashed")
+    if r["tensorboard"]:
+        lines.append(f"tensorboard --logdir {Path(r['run_dir']) / 'tb'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evals.inspect", description=__doc__.split("\n\n")[0])
+    parser.add_argument("run_dir", help="a run directory (train.py --out)")
+    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    parser.add_argument("--induction-threshold", type=float, default=0.3,
+                        help="induction score a layer's best head must reach for its onset (default 0.3)")
+    args = parser.parse_args(argv)
+    try:
+        report = inspect_run(args.run_dir, args.induction_threshold)
+    except NotARunError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
