@@ -90,3 +90,31 @@ def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:
     plt.close(fig)
 
 
+
+
+def plot_overlay(runs: dict[str, list[dict]], path: str | Path, x: str = "step", title: str = "") -> None:
+    """Several runs on one figure against `x` ("step" or "tokens"): val loss, copy gain, repeat
+    accuracy and the best head's induction score, one panel each."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("val_loss", "val loss"), ("copy_gain", "copy gain"), ("repeat_acc", "repeat acc"),
+              ("induction_best", "induction score (best head)")]
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), dpi=110)
+    for name, records in runs.items():
+        evals = [r for r in records if "copy_gain" in r]
+        xs = [r[x] for r in evals]
+        for ax, (key, _) in zip(axes, panels, strict=True):
+            ys = [max(r["induction_max"]) if key == "induction_best" else r[key] for r in evals]
+            ax.plot(xs, ys, lw=1.5, label=name)
+    for ax, (_, label) in zip(axes, panels, strict=True):
+        ax.set_xlabel("optimizer step" if x == "step" else x)
+        ax.set_title(label, fontsize=10)
+    axes[0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
