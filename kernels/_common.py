@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 import torch
+import triton
 import triton.language as tl
 
 SUPPORTED_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -46,3 +47,35 @@ def check_inputs(name: str, *tensors: torch.Tensor, dtypes=SUPPORTED_FLOAT_DTYPE
             f"{name}: Triton kernels need a CUDA tensor, or TRITON_INTERPRET=1 set before triton is "
             "imported to run them on CPU through the interpreter"
         )
+
+
+def as_rows(t: torch.Tensor) -> torch.Tensor:
+    """`t` [..., D] viewed as [rows, D] with unit stride along D; copies only when no such view exists.
+
+    Row-wise kernels take a row stride, so a sliced or batched tensor is read in place; only a
+    last dimension that is not contiguous (a transpose, an expanded gradient) costs a copy.
+    """
+    rows = t.reshape(-1, t.shape[-1])
+    return rows if rows.stride(-1) == 1 or rows.shape[-1] == 1 else rows.contiguous()
+
+
+# The interpreter converts fp32 to bf16 by truncating the mantissa, where a GPU rounds to nearest
+# even: a bias of half a bf16 ulp in every stored value. Kernels cast through `cast_rne`, which
+# rounds by hand under the interpreter and compiles to the plain conversion on a GPU.
+EMULATE_BF16_RNE: tl.constexpr = tl.constexpr(interpreting())
+
+
+@triton.jit
+def cast_rne(x, dtype: tl.constexpr):
+    """fp32 block `x` converted to `dtype`, rounding to nearest even on a GPU and in the interpreter."""
+    if EMULATE_BF16_RNE and dtype == tl.bfloat16:
+        # Add just under half a bf16 ulp (plus one when the kept lsb is odd: ties go to even) and
+        # keep the top 16 bits, the usual bit trick; reinterpreting those bits (rather than
+        # converting) keeps subnormals, which the interpreter's converter flushes to zero. NaN
+        # payloads could carry into the sign bit, so NaN goes through the plain conversion.
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16
+        y = tl.where(x != x, x.to(dtype), bits.to(tl.uint16).to(tl.bfloat16, bitcast=True))
+    else:
+        y = x.to(dtype)
+    return y

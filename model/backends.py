@@ -4,8 +4,10 @@ attention: torch (plain math, the reference), sdpa (torch's fused kernels), flas
            flash-attn package, if installed), triton (grokcopy's kernels)
 norm, mlp: torch, triton
 
-"auto" picks the fastest available on the tensor's device: Triton kernels on CUDA, torch/sdpa on
-CPU (Triton runs on CPU only through its interpreter, which is for tests, not training).
+"auto" picks the fastest available on the tensor's device: the Triton norm and MLP kernels on
+CUDA, torch on CPU (Triton runs on CPU only through its interpreter, which is for tests, not
+training). Attention stays on sdpa everywhere until bench/test_attention.py has measured the
+Triton kernel faster on a GPU (no GPU has run it yet); `--attention triton` selects it by hand.
 """
 
 from __future__ import annotations
@@ -52,9 +54,9 @@ def available(op: str, backend: str) -> bool:
 def resolve(op: str, backend: str, device_type: str, dropout: bool = False) -> str:
     """The concrete backend for `op` on `device_type`; raises naming the op if it cannot run."""
     if backend == "auto":
-        if device_type == "cuda" and available(op, "triton") and not (op == "attention" and dropout):
-            return "triton"
-        return "sdpa" if op == "attention" else "torch"
+        if op == "attention":
+            return "sdpa"
+        return "triton" if device_type == "cuda" and available(op, "triton") else "torch"
     if not available(op, backend):
         raise ValueError(f"{op} backend {backend!r} is not available here (is its package installed?)")
     if backend in ("flash_attn",) and device_type != "cuda":

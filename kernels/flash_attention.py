@@ -1,0 +1,872 @@
+"""FlashAttention-2 in Triton: forward, backward, and a statistics-exporting forward.
+
+Shapes and layout
+-----------------
+q is [B, Hq, T, D]; k and v are [B, Hkv, S, D], with Hq a multiple of Hkv (grouped-query attention:
+query head h reads kv head h // (Hq // Hkv) inside the kernels; nothing is repeated in memory).
+Every stride is passed to the kernels, so any layout works without a copy; the model's natural one is
+`x.view(B, T, H, D).transpose(1, 2)` (token-major memory). The output is allocated token-major too:
+`out` is [B, Hq, T, D] over [B, T, Hq, D] memory, so `out.transpose(1, 2).reshape(B, T, Hq * D)` is
+free. Gradients take their input's layout (`torch.empty_like`).
+
+Causal masking with T != S is bottom-right aligned (the convention of FlashAttention-2 and of a KV
+cache): query i attends key j iff j <= i + (S - T), i.e. the last query sees every key. When T > S
+the first T - S queries see no key at all: their output is 0, their lse is -inf, their entropy and
+target mass are 0, and they pass no gradient.
+
+Algorithm (FlashAttention-2, Dao 2023)
+--------------------------------------
+Forward: one program owns BLOCK_M query rows of one (batch, head). Its q tile, the running row max m,
+the running denominator l and the [BLOCK_M, D] output accumulator stay in registers while BLOCK_N-key
+tiles of K and V stream past; each tile's probabilities are rescaled onto the current max ("online
+softmax"), so the T x S score matrix never exists in memory. The program saves only
+lse = m + log(l) per row, which is all the backward needs to rebuild any probability tile exactly.
+Backward: a preprocess kernel computes delta_i = sum_d dO_id * O_id (= sum_j P_ij dP_ij); then one
+kernel owns a K/V tile and streams query tiles to accumulate dK and dV (looping over the query heads
+that share the kv head, so GQA needs no atomics and no reduction afterwards), and another owns a
+query tile and streams K/V tiles to accumulate dQ. Both recompute P = exp(S - lse) from the saved lse.
+
+Scores are handled in base 2 (exp2 is the hardware instruction): x = s * softmax_scale * log2(e).
+Public lse is natural log.
+
+Statistics (`flash_attention_with_stats`) come from the same forward kernel with WITH_STATS=True:
+entropy and per-target attention mass are accumulated online alongside m and l (see
+`_fwd_tile_loop`), so they cost a few extra vector ops per tile and no T x S memory.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import cast_rne, check_inputs, dot_dtype, interpreting
+
+__all__ = [
+    "AttentionStats",
+    "SUPPORTED_HEAD_DIMS",
+    "attention_reference",
+    "attention_stats_reference",
+    "flash_attention",
+    "flash_attention_backward",
+    "flash_attention_forward",
+    "flash_attention_with_stats",
+]
+
+SUPPORTED_HEAD_DIMS = (16, 32, 64, 96, 128)
+# Compile-time constants usable inside kernels (a @triton.jit function may only read constexpr globals).
+LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # log2(e): natural-log scores -> base 2
+LN2: tl.constexpr = tl.constexpr(0.6931471805599453)  # ln(2): base-2 logs -> natural log
+
+
+class AttentionStats(NamedTuple):
+    """Per-query attention statistics from `flash_attention_with_stats` (all fp32, no gradient).
+
+    lse:         [B, Hq, T]    log-sum-exp of the scaled scores (natural log; -inf: no visible key).
+    entropy:     [B, Hq, T]    entropy in nats of the query's attention distribution.
+    target_mass: [B, Hq, T, K] probability the query puts on each of its K target keys.
+    """
+
+    lse: torch.Tensor
+    entropy: torch.Tensor
+    target_mass: torch.Tensor
+
+
+# --------------------------------------------------------------------------------------------------
+# Launch configurations. One visible list per kernel; the interpreter gets a single small config
+# (autotuning there would re-run every config through Python), with BLOCK_M != BLOCK_N so the tests
+# exercise the index arithmetic of unequal tiles, partial tiles and several tiles per row.
+# --------------------------------------------------------------------------------------------------
+
+
+def _fwd_configs() -> list[triton.Config]:
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    shapes = [(128, 128, 8), (128, 64, 8), (128, 64, 4), (128, 32, 4), (64, 64, 4), (64, 32, 4)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w in shapes
+        for s in (2, 3, 4)
+    ]
+
+
+def _bwd_dkdv_configs() -> list[triton.Config]:
+    # BLOCK_N keys stay resident (k, v, dk, dv: four [BLOCK_N, D] tiles); BLOCK_M queries stream.
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=1, num_stages=1)]
+    # Four [BLOCK_N, D] tiles live in registers, so large BLOCK_N spills at D = 128 (ptxas, sm_90):
+    # the list leans to small tiles; (32, 128, 8) is the fastest shape at D = 64 in the tutorial.
+    shapes = [(16, 32, 4), (32, 32, 4), (16, 64, 4), (32, 64, 8), (64, 64, 8), (32, 128, 8)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w in shapes
+        for s in (2, 3)
+    ]
+
+
+def _bwd_dq_configs() -> list[triton.Config]:
+    # BLOCK_M queries stay resident (q, dO, dq); BLOCK_N keys stream.
+    if interpreting():
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+    shapes = [(128, 32, 8), (128, 64, 8), (64, 32, 4), (64, 64, 4), (128, 16, 4)]
+    return [
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        for bm, bn, w in shapes
+        for s in (2, 3, 4)
+    ]
+
+
+# Autotune keys: the compile-time shape, plus a power-of-two length bucket so that evals sweeping
+# many sequence lengths reuse one tuning per bucket instead of re-tuning for every length.
+_TUNE_KEY = ["HEAD_DIM", "CAUSAL", "LEN_BUCKET"]
+
+
+# --------------------------------------------------------------------------------------------------
+# Small device helpers.
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _load_rows(ptrs, rows, n_rows, offs_d, CHECK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_D: tl.constexpr):
+    """Load a [R, BLOCK_D] tile whose rows are `rows`; padding (rows >= n_rows, d >= HEAD_DIM) reads 0.
+
+    Masks are built only where they can be false: a mask along the contiguous head dim would stop
+    the compiler from vectorising the load, so it exists only when D is padded up to BLOCK_D.
+    """
+    if CHECK_ROWS:
+        if HEAD_DIM == BLOCK_D:
+            x = tl.load(ptrs, mask=rows[:, None] < n_rows, other=0.0)
+        else:
+            x = tl.load(ptrs, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM), other=0.0)
+    else:
+        if HEAD_DIM == BLOCK_D:
+            x = tl.load(ptrs)
+        else:
+            x = tl.load(ptrs, mask=offs_d[None, :] < HEAD_DIM, other=0.0)
+    return x
+
+
+@triton.jit
+def _store_rows(ptrs, x, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Store a [R, BLOCK_D] tile, skipping padded rows and padded head-dim columns."""
+    if HEAD_DIM == BLOCK_D:
+        tl.store(ptrs, x, mask=rows[:, None] < n_rows)
+    else:
+        tl.store(ptrs, x, mask=(rows[:, None] < n_rows) & (offs_d[None, :] < HEAD_DIM))
+
+
+@triton.jit
+def _key_ranges(start_m, T, S, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Key ranges for the query rows [start_m, start_m + BLOCK_M): returns (full_hi, hi).
+
+    Keys [0, full_hi) form whole BLOCK_N tiles that every row of the tile may see and that lie
+    inside S: they need no mask at all. Keys [full_hi, hi) need a mask (the causal diagonal crosses
+    them, or they run past S). Keys >= hi are invisible to every row and are never loaded.
+    Values are clamped to >= 0 before dividing, so integer division never sees a negative number
+    (C and Python round those differently, i.e. GPU and interpreter would disagree).
+    """
+    if CAUSAL:
+        # Row i sees keys j <= i + (S - T) (bottom-right aligned).
+        first_row_limit = tl.minimum(start_m + (S - T) + 1, S)
+        full_hi = (tl.maximum(first_row_limit, 0) // BLOCK_N) * BLOCK_N
+        hi = tl.maximum(tl.minimum(start_m + BLOCK_M + (S - T), S), 0)
+    else:
+        full_hi = (S // BLOCK_N) * BLOCK_N
+        hi = S
+    return full_hi, hi
+
+
+# --------------------------------------------------------------------------------------------------
+# Forward.
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _fwd_tile_loop(acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base, stride_ks, stride_vs,
+                   offs_m, offs_d, lo, hi, T, S, qk_scale,
+                   MASKED: tl.constexpr, CAUSAL: tl.constexpr, WITH_STATS: tl.constexpr,
+                   N_TARGETS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_N: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Stream key tiles [lo, hi) past one query tile, updating the online-softmax state.
+
+    State per query row, all fp32 in registers:
+      m_i     running max of the base-2 scores x = s * scale * log2(e)
+      l_i     sum_j 2^(x_j - m_i)                      (softmax denominator, relative to m_i)
+      acc     sum_j 2^(x_j - m_i) v_j                  ([BLOCK_M, BLOCK_D])
+      ent_i   sum_j 2^(x_j - m_i) (x_j - m_i)          (WITH_STATS: for the entropy)
+      tmass_i sum_j 2^(x_j - m_i) [j == target_k]      (WITH_STATS: [BLOCK_M, TARGETS_BLOCK])
+    When the max moves from m to m', every sum is rescaled by alpha = 2^(m - m'); ent_i also shifts
+    its reference point: sum 2^(x - m')(x - m') = alpha * (ent_i + (m - m') * l_i). Keeping ent_i
+    relative to the running max (rather than summing p * s) avoids the cancellation of
+    lse - E[s] when scores are large and the entropy small.
+    """
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        k = _load_rows(k_base + cols[:, None] * stride_ks, cols, S, offs_d,
+                       MASKED, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N] fp32
+        if MASKED:
+            # Only tiles on the causal diagonal or past S get here; all others skip the select.
+            valid = cols[None, :] < S
+            if CAUSAL:
+                valid = valid & (cols[None, :] <= offs_m[:, None] + (S - T))
+            s = tl.where(valid, s, float("-inf"))
+        # softmax_scale > 0, so the max commutes with the scaling and x - m is one FMA per score.
+        m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
+        alpha = tl.exp2(m_i - m_new)
+        x_rel = s * qk_scale - m_new[:, None]  # x - m_new: <= 0, -inf where masked
+        p = tl.exp2(x_rel)  # masked entries: 2^-inf = 0
+        l_new = l_i * alpha + tl.sum(p, 1)
+        if WITH_STATS:
+            if MASKED:
+                p_x = p * tl.where(valid, x_rel, 0.0)  # p = 0 there; 0 * -inf would be NaN
+            else:
+                p_x = p * x_rel
+            ent_i = alpha * (ent_i + (m_i - m_new) * l_i) + tl.sum(p_x, 1)
+            if N_TARGETS > 0:
+                # Each target key lies in at most one tile: add its p where the column matches.
+                # One 2-D select-and-sum per target, in p's own register layout (a 3-D
+                # [BLOCK_M, BLOCK_N, K] compare would need layout shuffles through shared memory).
+                tmass_i = tmass_i * alpha[:, None]
+                for kk in tl.static_range(N_TARGETS):
+                    tgt_k = tl.sum(tl.where(offs_k[None, :] == kk, tgt, 0), 1)  # column kk: [BLOCK_M]
+                    p_k = tl.sum(tl.where(cols[None, :] == tgt_k[:, None], p, 0.0), 1)
+                    tmass_i += tl.where(offs_k[None, :] == kk, p_k[:, None], 0.0)
+        v = _load_rows(v_base + cols[:, None] * stride_vs, cols, S, offs_d,
+                       MASKED, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
+        acc = tl.dot(p.to(DOT_DTYPE), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
+        l_i = l_new
+        m_i = m_new
+    return acc, l_i, m_i, ent_i, tmass_i
+
+
+@triton.autotune(configs=_fwd_configs(), key=_TUNE_KEY + ["WITH_STATS", "N_TARGETS"])
+@triton.jit
+def flash_attention_fwd_kernel(
+    Q, K, V, Out, Lse, Entropy, TargetMass, Targets,
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    stride_vb, stride_vh, stride_vs, stride_vd,
+    stride_ob, stride_oh, stride_ot, stride_od,
+    stride_tb, stride_tt,
+    n_heads, group_size, T, S, softmax_scale,
+    LEN_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    WITH_STATS: tl.constexpr, N_TARGETS: tl.constexpr, TARGETS_BLOCK: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """One program: BLOCK_M query rows of one (batch, query head). Grid (B * Hq, cdiv(T, BLOCK_M)).
+
+    Lse/Entropy are contiguous fp32 [B, Hq, T]; TargetMass contiguous fp32 [B, Hq, T, N_TARGETS];
+    Targets int32 [B, T, N_TARGETS] with unit last stride (-1: none). Stats pointers are unused
+    unless WITH_STATS.
+    """
+    pid_bh = tl.program_id(0)
+    if CAUSAL:
+        # Causal tiles further down do more work: start them first (longest-job-first scheduling
+        # keeps the last wave of programs short).
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)
+    else:
+        pid_m = tl.program_id(1)
+    b = pid_bh // n_heads
+    h = pid_bh % n_heads
+    kvh = h // group_size
+    start_m = pid_m * BLOCK_M
+
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    # [1, BLOCK_D] pointers to the head dims of key/value row 0; the tile loops add row offsets.
+    k_base = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh + offs_d[None, :] * stride_vd
+
+    # The q tile is loaded once and stays in registers for the whole key loop.
+    q = _load_rows(q_base + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, offs_m, T,
+                   offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
+    qk_scale = softmax_scale * LOG2E  # fold log2(e) in: exp(s) = 2^(s * log2(e))
+
+    # The running max starts finite on purpose: a row whose keys so far are all masked keeps
+    # m = -1e30, so x - m = -inf - (-1e30) = -inf (p = 0) and m_old - m_new = 0, where a -inf start
+    # would give -inf - (-inf) = NaN.
+    m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    ent_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    tmass_i = tl.zeros([BLOCK_M, TARGETS_BLOCK], dtype=tl.float32)
+    offs_k = tl.arange(0, TARGETS_BLOCK)
+    if WITH_STATS and N_TARGETS > 0:
+        tgt_mask = (offs_m[:, None] < T) & (offs_k[None, :] < N_TARGETS)
+        tgt = tl.load(Targets + b.to(tl.int64) * stride_tb + offs_m[:, None] * stride_tt + offs_k[None, :],
+                      mask=tgt_mask, other=-1)
+    else:
+        tgt = tl.full([BLOCK_M, TARGETS_BLOCK], -1, dtype=tl.int32)
+
+    # Two passes over the keys. First the whole tiles that every row of this tile may see: no mask.
+    # Then the few tiles that the causal diagonal (or the end of S) cuts through: masked. Tiles above
+    # the diagonal are never visited, which is the 2x saving of causal attention. The split matters
+    # because on tensor-core GPUs the per-score vector work (FMA, exp2, max, sum) costs about as much
+    # as the matmuls: a mask (compare, and, select per score) on every tile would add a large
+    # fraction of it, yet with 128-query and 64-key tiles at T = 4096 only 2 or 3 of the ~32 tiles
+    # a query tile visits on average need one. Two loops also software-pipeline separately.
+    full_hi, hi = _key_ranges(start_m, T, S, CAUSAL, BLOCK_M, BLOCK_N)
+    acc, l_i, m_i, ent_i, tmass_i = _fwd_tile_loop(
+        acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base, stride_ks, stride_vs,
+        offs_m, offs_d, 0, full_hi, T, S, qk_scale,
+        False, CAUSAL, WITH_STATS, N_TARGETS, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_DTYPE, DOT_PRECISION)
+    acc, l_i, m_i, ent_i, tmass_i = _fwd_tile_loop(
+        acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base, stride_ks, stride_vs,
+        offs_m, offs_d, full_hi, hi, T, S, qk_scale,
+        True, CAUSAL, WITH_STATS, N_TARGETS, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_DTYPE, DOT_PRECISION)
+
+    # Epilogue: normalise. l_i == 0 only for rows that saw no key (causal with T > S): output 0.
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    _store_rows(Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+                + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
+                cast_rne(out, Out.dtype.element_ty), offs_m, T, offs_d, HEAD_DIM, BLOCK_D)
+    row_mask = offs_m < T
+    stat_offs = pid_bh.to(tl.int64) * T + offs_m
+    # Natural-log lse; -inf for rows that saw no key (written out rather than as log2(0)).
+    lse = tl.where(l_i > 0.0, (m_i + tl.log2(l_safe)) * LN2, float("-inf"))
+    tl.store(Lse + stat_offs, lse, mask=row_mask)
+    if WITH_STATS:
+        # H = -sum p ln p = ln l - sum_j 2^(x_j - m)(x_j - m) ln2 / l; both terms 0 for empty rows.
+        entropy = (tl.log2(l_safe) - ent_i / l_safe) * LN2
+        tl.store(Entropy + stat_offs, entropy, mask=row_mask)
+        if N_TARGETS > 0:
+            tmass = tmass_i / l_safe[:, None]
+            tl.store(TargetMass + stat_offs[:, None] * N_TARGETS + offs_k[None, :], tmass,
+                     mask=row_mask[:, None] & (offs_k[None, :] < N_TARGETS))
+
+
+# --------------------------------------------------------------------------------------------------
+# Backward.
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def flash_attention_bwd_preprocess_kernel(
+    Out, DOut, Delta,
+    stride_ob, stride_oh, stride_ot, stride_od,
+    stride_db, stride_dh, stride_dt, stride_dd,
+    n_heads, T,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
+):
+    """delta[b, h, t] = sum_d dO * O (fp32, contiguous [B, Hq, T]). Grid (B * Hq, cdiv(T, BLOCK_M)).
+
+    sum_j P_ij dP_ij = sum_j P_ij (dO_i . v_j) = dO_i . O_i, so the softmax backward's row term is a
+    D-length dot per row instead of an S-length one inside the main loops.
+    """
+    pid_bh = tl.program_id(0)
+    b = pid_bh // n_heads
+    h = pid_bh % n_heads
+    offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    o = _load_rows(Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+                   + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
+                   offs_m, T, offs_d, True, HEAD_DIM, BLOCK_D).to(tl.float32)
+    do = _load_rows(DOut + b.to(tl.int64) * stride_db + h.to(tl.int64) * stride_dh
+                    + offs_m[:, None] * stride_dt + offs_d[None, :] * stride_dd,
+                    offs_m, T, offs_d, True, HEAD_DIM, BLOCK_D).to(tl.float32)
+    tl.store(Delta + pid_bh.to(tl.int64) * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
+
+
+@triton.jit
+def _load_row_stats(Lse, Delta, stat_base, rows, T):
+    """Base-2 lse and delta of query rows. Rows with no visible key (lse = -inf) and padding rows
+    get lse = +inf, so every probability recomputed for them is 2^-inf = 0 without a mask."""
+    lse = tl.load(Lse + stat_base + rows, mask=rows < T, other=float("inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse * LOG2E)
+    delta = tl.load(Delta + stat_base + rows, mask=rows < T, other=0.0)
+    return lse2, delta
+
+
+@triton.jit
+def _bwd_dkdv_tile_loop(dk, dv, k, v, q_base, do_base, Lse, Delta, stat_base, stride_qt, stride_qd,
+                        stride_dot, stride_dod, offs_n, offs_d, lo, hi, T, S, qk_scale,
+                        MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                        BLOCK_M: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """Accumulate dk, dv ([BLOCK_N, BLOCK_D] fp32) over query tiles [lo, hi) of one query head."""
+    offs_m0 = tl.arange(0, BLOCK_M)
+    for start_m in range(lo, hi, BLOCK_M):
+        start_m = tl.multiple_of(start_m, BLOCK_M)
+        rows = start_m + offs_m0
+        q = _load_rows(q_base + rows[:, None] * stride_qt + offs_d[None, :] * stride_qd, rows, T,
+                       offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
+        do = _load_rows(do_base + rows[:, None] * stride_dot + offs_d[None, :] * stride_dod, rows, T,
+                        offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
+        lse2, delta = _load_row_stats(Lse, Delta, stat_base, rows, T)
+        # Recompute P^T from the saved lse: exact softmax probabilities, no running max needed.
+        sT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+        pT = tl.exp2(sT * qk_scale - lse2[None, :])
+        if MASKED:
+            pT = tl.where(offs_n[:, None] <= rows[None, :] + (S - T), pT, 0.0)
+        dv = tl.dot(pT.to(DOT_DTYPE), do, dv, input_precision=DOT_PRECISION)
+        # dS = P * (dP - delta), dP = dO v^T.
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dsT = pT * (dpT - delta[None, :])
+        dk = tl.dot(dsT.to(DOT_DTYPE), q, dk, input_precision=DOT_PRECISION)
+    return dk, dv
+
+
+@triton.autotune(configs=_bwd_dkdv_configs(), key=_TUNE_KEY)
+@triton.jit
+def flash_attention_bwd_dkdv_kernel(
+    Q, K, V, DOut, Lse, Delta, DK, DV,
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    stride_vb, stride_vh, stride_vs, stride_vd,
+    stride_dob, stride_doh, stride_dot, stride_dod,
+    stride_dkb, stride_dkh, stride_dks, stride_dkd,
+    stride_dvb, stride_dvh, stride_dvs, stride_dvd,
+    n_kv_heads, group_size, T, S, softmax_scale,
+    LEN_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dK, dV for BLOCK_N keys of one (batch, kv head). Grid (B * Hkv, cdiv(S, BLOCK_N)).
+
+    k, v and the dk, dv accumulators stay in registers; query tiles of every query head in the
+    group stream past (so dk/dv are summed over the group here, deterministically). Works on the
+    transposed score tile sT = k q^T ([BLOCK_N, BLOCK_M]) so that dv += P^T dO and dk += dS^T q
+    need no transposes of P or dS.
+    """
+    pid_bh = tl.program_id(0)
+    b = pid_bh // n_kv_heads
+    kvh = pid_bh % n_kv_heads
+    start_n = tl.program_id(1) * BLOCK_N
+    offs_n = start_n + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    k = _load_rows(K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
+                   + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd,
+                   offs_n, S, offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
+    v = _load_rows(V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
+                   + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd,
+                   offs_n, S, offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    qk_scale = softmax_scale * LOG2E
+
+    # Query rows that see these keys. Row i sees key j iff i >= j - (S - T).
+    if CAUSAL:
+        # First query tile that sees any of the keys, and the first row that sees all of them:
+        # tiles in between straddle the diagonal and need the mask; tiles after it do not.
+        lo = (tl.maximum(start_n - (S - T), 0) // BLOCK_M) * BLOCK_M
+        full_row = tl.maximum(start_n + BLOCK_N - 1 - (S - T), 0)
+        mask_hi = tl.minimum(tl.cdiv(full_row, BLOCK_M) * BLOCK_M, T)
+        mask_hi = tl.maximum(mask_hi, lo)
+    else:
+        lo = 0
+        mask_hi = 0
+    # Padding keys (>= S) need no mask here: their dk/dv rows are never stored, and each dk/dv row
+    # depends only on its own key. Padding query rows read dO = 0, delta = 0 and lse = +inf: p = 0.
+    for g in range(group_size):
+        h = kvh * group_size + g
+        q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+        do_base = DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+        stat_base = (b * n_kv_heads * group_size + h).to(tl.int64) * T
+        dk, dv = _bwd_dkdv_tile_loop(
+            dk, dv, k, v, q_base, do_base, Lse, Delta, stat_base, stride_qt, stride_qd, stride_dot,
+            stride_dod, offs_n, offs_d, lo, mask_hi, T, S, qk_scale,
+            CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_M, DOT_DTYPE, DOT_PRECISION)
+        dk, dv = _bwd_dkdv_tile_loop(
+            dk, dv, k, v, q_base, do_base, Lse, Delta, stat_base, stride_qt, stride_qd, stride_dot,
+            stride_dod, offs_n, offs_d, mask_hi, T, T, S, qk_scale,
+            False, HEAD_DIM, BLOCK_D, BLOCK_M, DOT_DTYPE, DOT_PRECISION)
+
+    # s = softmax_scale * q.k, so dL/dk = softmax_scale * sum_i dS_ij q_i.
+    dk = dk * softmax_scale
+    _store_rows(DK + b.to(tl.int64) * stride_dkb + kvh.to(tl.int64) * stride_dkh
+                + offs_n[:, None] * stride_dks + offs_d[None, :] * stride_dkd,
+                cast_rne(dk, DK.dtype.element_ty), offs_n, S, offs_d, HEAD_DIM, BLOCK_D)
+    _store_rows(DV + b.to(tl.int64) * stride_dvb + kvh.to(tl.int64) * stride_dvh
+                + offs_n[:, None] * stride_dvs + offs_d[None, :] * stride_dvd,
+                cast_rne(dv, DV.dtype.element_ty), offs_n, S, offs_d, HEAD_DIM, BLOCK_D)
+
+
+@triton.jit
+def _bwd_dq_tile_loop(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
+                      lo, hi, T, S, qk_scale,
+                      MASKED: tl.constexpr, CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr,
+                      BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, DOT_DTYPE: tl.constexpr,
+                      DOT_PRECISION: tl.constexpr):
+    """Accumulate dq ([BLOCK_M, BLOCK_D] fp32) over key tiles [lo, hi)."""
+    offs_n = tl.arange(0, BLOCK_N)
+    for start_n in range(lo, hi, BLOCK_N):
+        start_n = tl.multiple_of(start_n, BLOCK_N)
+        cols = start_n + offs_n
+        k = _load_rows(k_base + cols[:, None] * stride_ks, cols, S, offs_d, MASKED, HEAD_DIM,
+                       BLOCK_D).to(DOT_DTYPE)
+        v = _load_rows(v_base + cols[:, None] * stride_vs, cols, S, offs_d, MASKED, HEAD_DIM,
+                       BLOCK_D).to(DOT_DTYPE)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+        p = tl.exp2(s * qk_scale - lse2[:, None])
+        if MASKED:
+            valid = cols[None, :] < S
+            if CAUSAL:
+                valid = valid & (cols[None, :] <= offs_m[:, None] + (S - T))
+            p = tl.where(valid, p, 0.0)
+        dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(DOT_DTYPE), k, dq, input_precision=DOT_PRECISION)
+    return dq
+
+
+@triton.autotune(configs=_bwd_dq_configs(), key=_TUNE_KEY)
+@triton.jit
+def flash_attention_bwd_dq_kernel(
+    Q, K, V, DOut, Lse, Delta, DQ,
+    stride_qb, stride_qh, stride_qt, stride_qd,
+    stride_kb, stride_kh, stride_ks, stride_kd,
+    stride_vb, stride_vh, stride_vs, stride_vd,
+    stride_dob, stride_doh, stride_dot, stride_dod,
+    stride_dqb, stride_dqh, stride_dqt, stride_dqd,
+    n_heads, group_size, T, S, softmax_scale,
+    LEN_BUCKET,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    """dQ for BLOCK_M query rows of one (batch, query head). Grid (B * Hq, cdiv(T, BLOCK_M)).
+
+    q, dO, lse, delta and the dq accumulator stay in registers; K/V tiles stream past over the same
+    two key ranges as the forward (unmasked whole tiles, then masked diagonal/boundary tiles).
+    """
+    pid_bh = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.num_programs(1) - 1 - tl.program_id(1)  # longest tiles first, as in the forward
+    else:
+        pid_m = tl.program_id(1)
+    b = pid_bh // n_heads
+    h = pid_bh % n_heads
+    kvh = h // group_size
+    start_m = pid_m * BLOCK_M
+    offs_m = start_m + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    q = _load_rows(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+                   + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+                   offs_m, T, offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
+    do = _load_rows(DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+                    + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod,
+                    offs_m, T, offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
+    lse2, delta = _load_row_stats(Lse, Delta, pid_bh.to(tl.int64) * T, offs_m, T)
+    k_base = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh + offs_d[None, :] * stride_kd
+    v_base = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh + offs_d[None, :] * stride_vd
+    qk_scale = softmax_scale * LOG2E
+    dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+
+    full_hi, hi = _key_ranges(start_m, T, S, CAUSAL, BLOCK_M, BLOCK_N)
+    dq = _bwd_dq_tile_loop(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
+                           0, full_hi, T, S, qk_scale,
+                           False, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_DTYPE, DOT_PRECISION)
+    dq = _bwd_dq_tile_loop(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_vs, offs_m, offs_d,
+                           full_hi, hi, T, S, qk_scale,
+                           True, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_DTYPE, DOT_PRECISION)
+    dq = dq * softmax_scale
+    _store_rows(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
+                + offs_m[:, None] * stride_dqt + offs_d[None, :] * stride_dqd,
+                cast_rne(dq, DQ.dtype.element_ty), offs_m, T, offs_d, HEAD_DIM, BLOCK_D)
+
+
+# --------------------------------------------------------------------------------------------------
+# Launchers.
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_attention_inputs(name: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            softmax_scale: float | None) -> float:
+    """Validate q [B, Hq, T, D], k/v [B, Hkv, S, D]; return the softmax scale to use."""
+    check_inputs(name, q, k, v)
+    for label, t in (("q", q), ("k", k), ("v", v)):
+        if t.dim() != 4:
+            raise ValueError(f"{name}: {label} must be 4-D [B, H, T, D], got shape {tuple(t.shape)}")
+    if k.shape != v.shape:
+        raise ValueError(f"{name}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    (B, Hq, T, D), (Bk, Hkv, S, Dk) = q.shape, k.shape
+    if Bk != B or Dk != D:
+        raise ValueError(f"{name}: q {tuple(q.shape)} and k/v {tuple(k.shape)} must agree on batch and head dim")
+    if Hq % Hkv != 0:
+        raise ValueError(f"{name}: query heads ({Hq}) must be a multiple of key/value heads ({Hkv})")
+    if D not in SUPPORTED_HEAD_DIMS:
+        raise ValueError(f"{name}: head dim {D} is not supported; supported: {list(SUPPORTED_HEAD_DIMS)}")
+    if min(B, Hkv, T, S) == 0:
+        raise ValueError(f"{name}: empty input (q {tuple(q.shape)}, k/v {tuple(k.shape)})")
+    scale = 1.0 / math.sqrt(D) if softmax_scale is None else float(softmax_scale)
+    if not scale > 0.0:
+        raise ValueError(f"{name}: softmax_scale must be positive, got {softmax_scale}")
+    return scale
+
+
+def _check_buffer(name: str, label: str, buf: torch.Tensor, shape: tuple, dtype: torch.dtype,
+                  device: torch.device, contiguous: bool) -> torch.Tensor:
+    """Validate a caller-supplied output buffer (used by tests to pre-fill outputs with NaN)."""
+    if tuple(buf.shape) != tuple(shape) or buf.dtype != dtype or buf.device != device:
+        raise ValueError(f"{name}: {label} must be {tuple(shape)} {dtype} on {device}, "
+                         f"got {tuple(buf.shape)} {buf.dtype} on {buf.device}")
+    if contiguous and not buf.is_contiguous():
+        raise ValueError(f"{name}: {label} must be contiguous")
+    return buf
+
+
+def _len_bucket(T: int, S: int) -> int:
+    return triton.next_power_of_2(max(T, S))
+
+
+def flash_attention_forward(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    causal: bool = True,
+    softmax_scale: float | None = None,
+    with_stats: bool = False,
+    targets: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
+    entropy: torch.Tensor | None = None,
+    target_mass: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Run the forward kernel (no autograd). Returns (out, lse, entropy, target_mass).
+
+    q [B, Hq, T, D], k/v [B, Hkv, S, D] (fp32/fp16/bf16, any strides). out has q's shape and dtype,
+    allocated over [B, T, Hq, D] memory unless given; lse is fp32 [B, Hq, T]. With `with_stats`
+    (implied by `targets`), entropy is fp32 [B, Hq, T] and target_mass fp32 [B, Hq, T, K] for
+    integer `targets` [B, T, K] of key indices (any index outside [0, S), e.g. -1, means none);
+    otherwise both are None. Optional output buffers are written in full (lse/entropy/target_mass
+    must be contiguous).
+    """
+    name = "flash_attention"
+    scale = _check_attention_inputs(name, q, k, v, softmax_scale)
+    B, Hq, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    with_stats = with_stats or targets is not None
+    n_targets = 0
+    if targets is not None:
+        if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.int32, torch.int64):
+            raise TypeError(f"{name}: targets must be an int32/int64 tensor [B, T, K]")
+        if targets.dim() != 3 or targets.shape[:2] != (B, T):
+            raise ValueError(f"{name}: targets must be [B, T, K] = [{B}, {T}, K], got {tuple(targets.shape)}")
+        if targets.device != q.device:
+            raise ValueError(f"{name}: targets are on {targets.device} but q is on {q.device}")
+        n_targets = targets.shape[2]
+        # int32, unit last stride, and every index outside [0, S) folded to -1 so that huge int64
+        # values cannot wrap into a valid column.
+        targets = torch.where((targets >= 0) & (targets < S), targets, -1).to(torch.int32).contiguous()
+
+    dev = q.device
+    if out is None:
+        out = torch.empty((B, T, Hq, D), dtype=q.dtype, device=dev).transpose(1, 2)
+    _check_buffer(name, "out", out, (B, Hq, T, D), q.dtype, dev, contiguous=False)
+    lse = _check_buffer(name, "lse", lse if lse is not None else
+                        torch.empty((B, Hq, T), dtype=torch.float32, device=dev),
+                        (B, Hq, T), torch.float32, dev, contiguous=True)
+    if with_stats:
+        entropy = _check_buffer(name, "entropy", entropy if entropy is not None else
+                                torch.empty((B, Hq, T), dtype=torch.float32, device=dev),
+                                (B, Hq, T), torch.float32, dev, contiguous=True)
+        target_mass = _check_buffer(name, "target_mass", target_mass if target_mass is not None else
+                                    torch.empty((B, Hq, T, n_targets), dtype=torch.float32, device=dev),
+                                    (B, Hq, T, n_targets), torch.float32, dev, contiguous=True)
+    else:
+        entropy = target_mass = None
+    # Unused pointer arguments get a real tensor so that every launch has the same signature kind.
+    ent_arg = entropy if entropy is not None else lse
+    tm_arg = target_mass if target_mass is not None and n_targets > 0 else lse
+    tgt_arg = targets if n_targets > 0 else lse
+    stride_tb, stride_tt = (targets.stride(0), targets.stride(1)) if n_targets > 0 else (0, 0)
+
+    grid = lambda meta: (B * Hq, triton.cdiv(T, meta["BLOCK_M"]))
+    flash_attention_fwd_kernel[grid](
+        q, k, v, out, lse, ent_arg, tm_arg, tgt_arg,
+        *q.stride(), *k.stride(), *v.stride(), *out.stride(),
+        stride_tb, stride_tt,
+        Hq, Hq // Hkv, T, S, scale,
+        _len_bucket(T, S),
+        HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D), CAUSAL=bool(causal),
+        WITH_STATS=with_stats, N_TARGETS=n_targets,
+        TARGETS_BLOCK=triton.next_power_of_2(max(n_targets, 1)),
+        DOT_DTYPE=dot_dtype(q.dtype), DOT_PRECISION=_dot_precision(q.dtype),
+    )
+    return out, lse, entropy, target_mass
+
+
+def _dot_precision(dtype: torch.dtype) -> str:
+    # fp32 inputs get exact fp32 products on the GPU (its default would be tf32, 10-bit mantissas);
+    # for fp16/bf16 operands the setting has no effect.
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def flash_attention_backward(
+    dout: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    out: torch.Tensor,
+    lse: torch.Tensor,
+    *,
+    causal: bool = True,
+    softmax_scale: float | None = None,
+    dq: torch.Tensor | None = None,
+    dk: torch.Tensor | None = None,
+    dv: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Run the backward kernels: (dq, dk, dv) from dout [B, Hq, T, D] and the forward's out and lse.
+
+    dq has q's shape, dk/dv k's shape, each in the input's dtype and (where dense) layout; dk and dv
+    are summed over the query heads that share a kv head. Optional buffers are written in full.
+    """
+    name = "flash_attention_backward"
+    scale = _check_attention_inputs(name, q, k, v, softmax_scale)
+    check_inputs(name, q, out, dout)
+    B, Hq, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    if dout.shape != q.shape or out.shape != q.shape:
+        raise ValueError(f"{name}: dout {tuple(dout.shape)} and out {tuple(out.shape)} must match q {tuple(q.shape)}")
+    _check_buffer(name, "lse", lse, (B, Hq, T), torch.float32, q.device, contiguous=True)
+    dq = _check_buffer(name, "dq", dq if dq is not None else torch.empty_like(q), q.shape, q.dtype,
+                       q.device, contiguous=False)
+    dk = _check_buffer(name, "dk", dk if dk is not None else torch.empty_like(k), k.shape, k.dtype,
+                       k.device, contiguous=False)
+    dv = _check_buffer(name, "dv", dv if dv is not None else torch.empty_like(v), v.shape, v.dtype,
+                       v.device, contiguous=False)
+    BLOCK_D = triton.next_power_of_2(D)
+    consts = dict(HEAD_DIM=D, BLOCK_D=BLOCK_D, CAUSAL=bool(causal), DOT_DTYPE=dot_dtype(q.dtype),
+                  DOT_PRECISION=_dot_precision(q.dtype))
+
+    delta = torch.empty((B, Hq, T), dtype=torch.float32, device=q.device)
+    pre_block = 16 if interpreting() else 64
+    flash_attention_bwd_preprocess_kernel[(B * Hq, triton.cdiv(T, pre_block))](
+        out, dout, delta, *out.stride(), *dout.stride(), Hq, T,
+        HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_M=pre_block,
+    )
+    bucket = _len_bucket(T, S)
+    flash_attention_bwd_dkdv_kernel[lambda meta: (B * Hkv, triton.cdiv(S, meta["BLOCK_N"]))](
+        q, k, v, dout, lse, delta, dk, dv,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
+        Hkv, Hq // Hkv, T, S, scale, bucket, **consts,
+    )
+    flash_attention_bwd_dq_kernel[lambda meta: (B * Hq, triton.cdiv(T, meta["BLOCK_M"]))](
+        q, k, v, dout, lse, delta, dq,
+        *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
+        Hq, Hq // Hkv, T, S, scale, bucket, **consts,
+    )
+    return dq, dk, dv
+
+
+# --------------------------------------------------------------------------------------------------
+# Autograd and the public API.
+# --------------------------------------------------------------------------------------------------
+
+
+class FlashAttentionFunction(torch.autograd.Function):
+    """Differentiable w.r.t. q, k, v; lse and the statistics are marked non-differentiable."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, targets, causal, softmax_scale, with_stats):
+        out, lse, entropy, target_mass = flash_attention_forward(
+            q, k, v, causal=causal, softmax_scale=softmax_scale, with_stats=with_stats, targets=targets)
+        ctx.save_for_backward(q, k, v, out, lse)
+        ctx.causal, ctx.softmax_scale = causal, softmax_scale
+        if with_stats:
+            ctx.mark_non_differentiable(lse, entropy, target_mass)
+            return out, lse, entropy, target_mass
+        ctx.mark_non_differentiable(lse)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, dout, *_stat_grads):
+        q, k, v, out, lse = ctx.saved_tensors
+        dq, dk, dv = flash_attention_backward(dout, q, k, v, out, lse, causal=ctx.causal,
+                                              softmax_scale=ctx.softmax_scale)
+        return dq, dk, dv, None, None, None, None
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                    softmax_scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * softmax_scale [+ causal mask]) v, differentiable w.r.t. q, k and v.
+
+    q [B, Hq, T, D], k/v [B, Hkv, S, D] with Hq % Hkv == 0 (GQA), D in SUPPORTED_HEAD_DIMS,
+    fp16/bf16 (fp32 too), any strides. softmax_scale defaults to 1/sqrt(D). Causal masking with
+    T != S is bottom-right aligned: query i sees keys j <= i + S - T. Returns [B, Hq, T, D] in q's
+    dtype, stored token-major ([B, T, Hq, D] memory).
+    """
+    out, _ = FlashAttentionFunction.apply(q, k, v, None, causal, softmax_scale, False)
+    return out
+
+
+def flash_attention_with_stats(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    targets: torch.Tensor | None = None,
+    causal: bool = True,
+    softmax_scale: float | None = None,
+) -> tuple[torch.Tensor, AttentionStats]:
+    """`flash_attention` plus per-query statistics from the same kernel pass (no T x S matrix).
+
+    targets: optional int [B, T, K] key indices per query (-1, or anything outside [0, S): none),
+    shared by all heads; see kernels.attention_targets for induction / previous-token targets.
+    Returns (out, AttentionStats(lse [B,Hq,T], entropy [B,Hq,T], target_mass [B,Hq,T,K])), stats in
+    fp32 without gradient (K = 0 when targets is None). `out` is differentiable as in
+    `flash_attention`.
+    """
+    out, lse, entropy, target_mass = FlashAttentionFunction.apply(q, k, v, targets, causal,
+                                                                  softmax_scale, True)
+    return out, AttentionStats(lse, entropy, target_mass)
+
+
+# --------------------------------------------------------------------------------------------------
+# Plain torch reference: materialises the T x S matrix. For tests (in float64) and for reading.
+# --------------------------------------------------------------------------------------------------
+
+
+def _reference_probs(q, k, causal, softmax_scale):
+    """Scores and probabilities [B, Hq, T, S] in q's dtype; rows with no visible key are all 0."""
+    B, Hq, T, D = q.shape
+    Hkv, S = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(D) if softmax_scale is None else softmax_scale
+    k = k.repeat_interleave(Hq // Hkv, dim=1)
+    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
+    if causal:
+        rows = torch.arange(T, device=q.device)[:, None]
+        cols = torch.arange(S, device=q.device)[None, :]
+        scores = scores.masked_fill(cols > rows + (S - T), float("-inf"))
+    m = scores.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
+    e = torch.exp(scores - m)
+    l = e.sum(dim=-1, keepdim=True)
+    probs = e / torch.where(l > 0, l, torch.ones_like(l))
+    lse = (m + torch.log(l)).squeeze(-1)
+    return probs, lse
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
+                        softmax_scale: float | None = None) -> torch.Tensor:
+    """Same contract as `flash_attention`, computed in q's dtype with the full score matrix."""
+    probs, _ = _reference_probs(q, k, causal, softmax_scale)
+    return torch.matmul(probs, v.repeat_interleave(q.shape[1] // k.shape[1], dim=1))
+
+
+def attention_stats_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                              targets: torch.Tensor | None = None, causal: bool = True,
+                              softmax_scale: float | None = None) -> tuple[torch.Tensor, AttentionStats]:
+    """Same contract as `flash_attention_with_stats`; stats come out in q's dtype."""
+    probs, lse = _reference_probs(q, k, causal, softmax_scale)
+    out = torch.matmul(probs, v.repeat_interleave(q.shape[1] // k.shape[1], dim=1))
+    entropy = -torch.special.xlogy(probs, probs).sum(dim=-1)
+    B, Hq, T, S = probs.shape
+    if targets is None:
+        target_mass = probs.new_zeros((B, Hq, T, 0))
+    else:
+        valid = (targets >= 0) & (targets < S)
+        idx = torch.where(valid, targets, 0).long()[:, None].expand(B, Hq, T, targets.shape[-1])
+        target_mass = probs.gather(-1, idx) * valid[:, None].to(probs.dtype)
+    return out, AttentionStats(lse, entropy, target_mass)

@@ -1,0 +1,410 @@
+"""RMSNorm and fused residual-add + RMSNorm: Triton forward/backward kernels, launchers, torch ops.
+
+Convention (Llama / Hugging Face `LlamaRMSNorm`): the statistics and the normalisation are
+computed in fp32, the normalised row is rounded to the input dtype, and only then multiplied by
+the weight, the product rounded to the input dtype once more:
+
+    normed = (x_fp32 * rsqrt(mean(x_fp32 ** 2) + eps)).to(x.dtype)
+    y      = weight * normed                                   # in x.dtype
+
+In bf16/fp16 the product of two such values is exact in fp32, so computing it in fp32 and
+rounding once is bit-for-bit what torch does for `weight * normed`. `rms_norm_reference` below
+is that formula; in float64 it is the exact function the tests compare against.
+
+Both ops are registered with `torch.library.custom_op` (opaque to `torch.compile`, so it traces
+them without graph breaks) with fake implementations and `register_autograd`. `triton_op` would let
+inductor see inside the kernels, but its fake-tensor tracing calls the kernel, which fails under
+the CPU interpreter; these kernels are fused already, so there is nothing for inductor to add.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels._common import as_rows, cast_rne, check_inputs, interpreting
+
+# A row lives in registers as one block of next_power_of_2(D) fp32 values. Up to this width that
+# works (the widest rows spill part of it to local memory: slower, still correct); wider rows would
+# need a chunked two-pass kernel, so they are refused with a clear error instead.
+MAX_ROW = 65536
+# Elements per program: small rows are packed BLOCK_M to a tile so that each program still moves
+# a useful amount of memory (one 768-wide bf16 row is only 1.5 KiB). Chosen, not tuned on a GPU.
+TILE_ELEMENTS = 4096
+# Programs per SM in the backward pass, each owning a contiguous range of rows (see below).
+BWD_PROGRAMS_PER_SM = 2
+# The interpreter runs programs one after another, so a handful is enough to exercise the
+# partial-sum reduction of dweight across programs.
+INTERPRETER_BWD_PROGRAMS = 4
+
+
+@triton.jit
+def rms_norm_fwd_kernel(
+    x_ptr,
+    res_ptr,
+    w_ptr,
+    y_ptr,
+    res_out_ptr,
+    n_rows,
+    n_cols,
+    stride_x,
+    stride_res,
+    stride_y,
+    stride_res_out,
+    eps,
+    HAS_RESIDUAL: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """y = weight * round(x * rstd) for BLOCK_M whole rows, each read once and written once.
+
+    With HAS_RESIDUAL, x + residual is formed first, rounded to the storage dtype and stored as
+    the new residual; that rounded sum is what gets normalised, so y == rms_norm(new_residual).
+    """
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    col_mask = cols < n_cols
+    mask = (rows < n_rows)[:, None] & col_mask[None, :]
+    # int64 row offsets: rows * stride passes 2**31 elements at 65536 tokens x 32768 columns.
+    rows = rows.to(tl.int64)[:, None]
+    cols = cols[None, :]
+
+    # The whole [BLOCK_M, BLOCK_D] tile is held in fp32 registers: the sum of squares needs every
+    # element of a row before any output can be written, and loading once means one HBM read.
+    # fp32 because a bf16 sum of squares over thousands of elements loses the low bits (and the
+    # interpreter has no bf16 arithmetic at all).
+    x = tl.load(x_ptr + rows * stride_x + cols, mask=mask, other=0.0).to(tl.float32)
+    if HAS_RESIDUAL:
+        res = tl.load(res_ptr + rows * stride_res + cols, mask=mask, other=0.0).to(tl.float32)
+        summed = cast_rne(x + res, res_out_ptr.dtype.element_ty)
+        tl.store(res_out_ptr + rows * stride_res_out + cols, summed, mask=mask)
+        x = summed.to(tl.float32)
+
+    # Masked columns were loaded as 0, so they add nothing to the sum; divide by the true width.
+    rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
+    # Round the normalised row to the storage dtype before the weight multiply (HF's order).
+    normed = cast_rne(x * rstd[:, None], y_ptr.dtype.element_ty).to(tl.float32)
+    w = tl.load(w_ptr + cols, mask=col_mask[None, :], other=0.0).to(tl.float32)
+    tl.store(y_ptr + rows * stride_y + cols, cast_rne(normed * w, y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def rms_norm_bwd_kernel(
+    dy_ptr,
+    x_ptr,
+    w_ptr,
+    dres_ptr,
+    dx_ptr,
+    dw_partial_ptr,
+    n_rows,
+    n_cols,
+    rows_per_program,
+    stride_dy,
+    stride_x,
+    stride_dres,
+    stride_dx,
+    eps,
+    HAS_RESIDUAL_GRAD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    """dx for rows [pid * rows_per_program, ...) and this program's partial dweight.
+
+    With n = x * rstd and g = dy * weight, the gradient of the normalisation is
+        dx = rstd * (g - n * mean(g * n))
+    and dweight = sum over rows of dy * round(n). rstd is recomputed from x, which is loaded here
+    anyway, instead of being saved by the forward: it costs no extra memory traffic.
+
+    dweight is a reduction over every row. Rather than atomics (contended, and their order makes
+    the result non-deterministic) each program owns a contiguous range of rows, accumulates its
+    sum in fp32 registers and writes one partial row; the launcher adds the partial rows.
+
+    With HAS_RESIDUAL_GRAD (the fused-add op) x is the new residual s = x_in + residual_in, and the
+    gradient reaching s from its own use downstream is added: ds = dx_norm + dres.
+    """
+    pid = tl.program_id(0)
+    cols = tl.arange(0, BLOCK_D)
+    col_mask = cols < n_cols
+    w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
+    dw_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+
+    first_row = pid * rows_per_program
+    for start in range(first_row, first_row + rows_per_program, BLOCK_M):
+        rows = start + tl.arange(0, BLOCK_M)
+        mask = (rows < n_rows)[:, None] & col_mask[None, :]
+        rows = rows.to(tl.int64)[:, None]
+        # Rows past the end load as zeros: rstd stays finite (rsqrt(eps)) and they add nothing.
+        x = tl.load(x_ptr + rows * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = tl.load(dy_ptr + rows * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+
+        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
+        normed = x * rstd[:, None]
+        # The forward multiplied weight by the rounded normalised value; its derivative is that.
+        dw_acc += tl.sum(dy * cast_rne(normed, x_ptr.dtype.element_ty).to(tl.float32), axis=0)
+
+        g = dy * w[None, :]
+        mean_gn = tl.sum(g * normed, axis=1) / n_cols
+        dx = (g - normed * mean_gn[:, None]) * rstd[:, None]
+        if HAS_RESIDUAL_GRAD:
+            dx += tl.load(dres_ptr + rows * stride_dres + cols[None, :], mask=mask, other=0.0).to(tl.float32)
+        tl.store(dx_ptr + rows * stride_dx + cols[None, :], cast_rne(dx, dx_ptr.dtype.element_ty), mask=mask)
+
+    tl.store(dw_partial_ptr + pid * n_cols + cols, dw_acc, mask=col_mask)
+
+
+def _launch_config(n_cols: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_D, num_warps) for rows of `n_cols` elements; about 8 elements per thread."""
+    block_d = triton.next_power_of_2(n_cols)
+    block_m = max(1, TILE_ELEMENTS // block_d)
+    num_warps = min(16, max(1, block_m * block_d // 256))
+    return block_m, block_d, num_warps
+
+
+def _check(name: str, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> None:
+    """Argument checks shared by both ops; messages name the op and the argument."""
+    if residual is None:
+        check_inputs(f"{name}(x, weight)", x, weight)
+    else:
+        check_inputs(f"{name}(x, residual, weight)", x, residual, weight)
+        if residual.shape != x.shape:
+            raise ValueError(f"{name}: residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}")
+    if x.dim() == 0 or x.shape[-1] == 0:
+        raise ValueError(f"{name}: x must have a non-empty last dimension, got shape {tuple(x.shape)}")
+    if weight.shape != (x.shape[-1],):
+        raise ValueError(
+            f"{name}: weight has shape {tuple(weight.shape)} but x's last dimension is {x.shape[-1]}; "
+            f"expected ({x.shape[-1]},)"
+        )
+    if x.shape[-1] > MAX_ROW:
+        raise ValueError(f"{name}: last dimension {x.shape[-1]} exceeds {MAX_ROW}, the widest row kept in registers")
+
+
+def rms_norm_forward(
+    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Launch the forward kernel. Returns (y, new_residual); new_residual is None without `residual`.
+
+    x, residual: [..., D]; weight: [D]; all one dtype. Outputs are contiguous, shaped like x.
+    """
+    n_cols = x.shape[-1]
+    x2 = as_rows(x)
+    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
+    n_rows = x2.shape[0]
+    if n_rows == 0:
+        return y, res_out
+    res2 = as_rows(residual) if residual is not None else None
+    block_m, block_d, num_warps = _launch_config(n_cols)
+    rms_norm_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
+        x2,
+        res2,
+        weight,
+        y,
+        res_out,
+        n_rows,
+        n_cols,
+        x2.stride(0),
+        res2.stride(0) if res2 is not None else 0,
+        n_cols,
+        n_cols,
+        eps,
+        HAS_RESIDUAL=residual is not None,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
+    )
+    return y, res_out
+
+
+def _bwd_programs(device: torch.device) -> int:
+    if interpreting() or device.type != "cuda":
+        return INTERPRETER_BWD_PROGRAMS
+    return BWD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def rms_norm_backward(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual_grad: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Launch the backward kernel. Returns (dx, dweight).
+
+    dy, x, residual_grad: [..., D] in x's dtype (x is the normalised input: for the fused op, the
+    new residual); weight: [D]. dx is contiguous and shaped like x, dweight [D] in weight's dtype,
+    summed in fp32 over per-program partial rows.
+    """
+    n_cols = x.shape[-1]
+    x2, dy2 = as_rows(x), as_rows(dy)
+    dres2 = as_rows(residual_grad) if residual_grad is not None else None
+    n_rows = x2.shape[0]
+    dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    if n_rows == 0:
+        return dx, torch.zeros_like(weight)
+    block_m, block_d, num_warps = _launch_config(n_cols)
+    # Split the row blocks evenly over the programs; rows_per_program is a multiple of BLOCK_M so
+    # no block straddles two programs, and the last program may get fewer rows.
+    n_blocks = triton.cdiv(n_rows, block_m)
+    blocks_per_program = triton.cdiv(n_blocks, min(n_blocks, _bwd_programs(x.device)))
+    n_programs = triton.cdiv(n_blocks, blocks_per_program)
+    dw_partial = torch.empty((n_programs, n_cols), dtype=torch.float32, device=x.device)
+    rms_norm_bwd_kernel[(n_programs,)](
+        dy2,
+        x2,
+        weight,
+        dres2,
+        dx,
+        dw_partial,
+        n_rows,
+        n_cols,
+        blocks_per_program * block_m,
+        dy2.stride(0),
+        x2.stride(0),
+        dres2.stride(0) if dres2 is not None else 0,
+        n_cols,
+        eps,
+        HAS_RESIDUAL_GRAD=residual_grad is not None,
+        BLOCK_M=block_m,
+        BLOCK_D=block_d,
+        num_warps=num_warps,
+    )
+    return dx, dw_partial.sum(dim=0).to(weight.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# torch.library registration. Explicit schemas keep the ops independent of how a given torch
+# version parses type annotations. The fake implementations only describe output shapes/dtypes.
+
+
+def _empty_like_contiguous(t: torch.Tensor) -> torch.Tensor:
+    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+
+
+@torch.library.custom_op("grokcopy::rms_norm", mutates_args=(), schema="(Tensor x, Tensor weight, float eps) -> Tensor")
+def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return rms_norm_forward(x, weight, eps)[0]
+
+
+@_rms_norm_op.register_fake
+def _(x, weight, eps):
+    return _empty_like_contiguous(x)
+
+
+@torch.library.custom_op(
+    "grokcopy::fused_add_rms_norm",
+    mutates_args=(),
+    schema="(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)",
+)
+def _fused_add_rms_norm_op(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return rms_norm_forward(x, weight, eps, residual)
+
+
+@_fused_add_rms_norm_op.register_fake
+def _(x, residual, weight, eps):
+    return _empty_like_contiguous(x), _empty_like_contiguous(x)
+
+
+@torch.library.custom_op(
+    "grokcopy::rms_norm_backward",
+    mutates_args=(),
+    schema="(Tensor dy, Tensor x, Tensor weight, float eps, Tensor? residual_grad) -> (Tensor, Tensor)",
+)
+def _rms_norm_backward_op(
+    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float, residual_grad: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return rms_norm_backward(dy, x, weight, eps, residual_grad)
+
+
+@_rms_norm_backward_op.register_fake
+def _(dy, x, weight, eps, residual_grad):
+    return _empty_like_contiguous(x), _empty_like_contiguous(weight)
+
+
+def _rms_norm_setup_context(ctx, inputs, output):
+    x, weight, eps = inputs
+    ctx.save_for_backward(x, weight)
+    ctx.eps = eps
+
+
+def _rms_norm_grad(ctx, dy):
+    x, weight = ctx.saved_tensors
+    dx, dweight = _rms_norm_backward_op(dy, x, weight, ctx.eps, None)
+    return dx, dweight, None
+
+
+def _fused_add_rms_norm_setup_context(ctx, inputs, output):
+    _, _, weight, eps = inputs
+    # Backward needs the normalised input, which is exactly the new residual (an output).
+    ctx.save_for_backward(output[1], weight)
+    ctx.eps = eps
+
+
+def _fused_add_rms_norm_grad(ctx, dy, dres):
+    new_residual, weight = ctx.saved_tensors
+    ds, dweight = _rms_norm_backward_op(dy, new_residual, weight, ctx.eps, dres)
+    # new_residual = x + residual, so both inputs receive the same gradient ds.
+    return ds, ds, dweight, None
+
+
+_rms_norm_op.register_autograd(_rms_norm_grad, setup_context=_rms_norm_setup_context)
+_fused_add_rms_norm_op.register_autograd(_fused_add_rms_norm_grad, setup_context=_fused_add_rms_norm_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public API
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """RMSNorm over the last dimension, Llama convention (see module docstring).
+
+    Args:
+        x: [..., D], fp32, bf16 or fp16, any strides; D from 1 to 65536.
+        weight: [D], the same dtype as x (no mixed precision: cast the weight first).
+        eps: added to the mean square before the reciprocal square root.
+
+    Returns:
+        y: contiguous, x's shape and dtype. Differentiable w.r.t. x and weight; dweight is summed
+        in fp32.
+    """
+    _check("rms_norm", x, weight)
+    return _rms_norm_op(x, weight, eps)
+
+
+def fused_add_rms_norm(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """new_residual = x + residual; y = rms_norm(new_residual, weight, eps) in one pass.
+
+    Each input is read once and each output written once (an unfused pair reads the sum back).
+
+    Args:
+        x, residual: [..., D], same shape, fp32, bf16 or fp16; the sum is rounded to that dtype.
+        weight: [D], the same dtype as x.
+        eps: as in `rms_norm`.
+
+    Returns:
+        (y, new_residual): both contiguous, x's shape and dtype. Differentiable w.r.t. x, residual
+        and weight, with gradients flowing from both outputs.
+    """
+    _check("fused_add_rms_norm", x, weight, residual)
+    return _fused_add_rms_norm_op(x, residual, weight, eps)
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """The same function in plain torch: fp32 statistics (float64 for float64 inputs), HF's order."""
+    compute_dtype = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(compute_dtype)
+    normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
+    return weight * normed.to(x.dtype)
+
+
+def fused_add_rms_norm_reference(
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Plain-torch `fused_add_rms_norm`: the sum in the inputs' dtype, then `rms_norm_reference`."""
+    new_residual = x + residual
+    return rms_norm_reference(new_residual, weight, eps), new_residual
