@@ -38,3 +38,25 @@ def corpus(tmp_path_factory):
     sources = collect_sources(files)
     prepare(sources, out, tokenizer=bytes_tokenizer(), val_fraction=0.4, progress=False)
     return out
+
+
+@pytest.fixture
+def poisoned_empty(monkeypatch):
+    """Make torch.empty return NaN-filled floating tensors while the test runs.
+
+    The launchers allocate every output (and partial sums) with torch.empty, so an element a kernel forgets to write
+    stays NaN and fails the finiteness check. The returned list records each poisoned allocation,
+    so a test can assert that its outputs went through it.
+    """
+    real_empty = torch.empty
+    poisoned = []
+
+    def nan_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        if t.is_floating_point():
+            t.fill_(float("nan"))
+            poisoned.append(tuple(t.shape))
+        return t
+
+    monkeypatch.setattr(torch, "empty", nan_empty)
+    return poisoned

@@ -6,11 +6,11 @@ On CPU the kernels run under the Triton interpreter (tests/conftest.py), on a GP
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_testing import DEVICE, assert_rel_close, float64_leaf, make
 
 from kernels import swiglu, swiglu_packed
 from kernels.swiglu import swiglu_reference
 
-DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Relative-error bounds (‖out − ref‖ / ‖ref‖ against float64). The math is fp32 and each output
 # is rounded to its dtype once: measured ~2e-3 in bf16 (unit roundoff u = 2^-8) and ~2e-4 in fp16
@@ -39,55 +39,6 @@ CASES = [
     # |gate| up to ~100: sigmoid saturates, exp(-gate) overflows fp32 to inf for large negative gate.
     pytest.param((4, 1000), "contiguous", "contiguous", 30.0, id="saturating"),
 ]
-
-
-def make(shape, dtype, layout="contiguous", scale=1.0):
-    """Fresh normal values (never zeros) of `shape` and `dtype`, laid out as `layout` says."""
-    if layout == "contiguous":
-        return (torch.randn(shape, device=DEVICE) * scale).to(dtype)
-    if layout == "transposed":  # unit stride along the first dimension, not the last
-        t = (torch.randn(shape[::-1], device=DEVICE) * scale).to(dtype)
-        t = t.permute(*reversed(range(len(shape))))
-    elif layout == "sliced":  # rows padded and offset inside a wider buffer
-        t = (torch.randn(*shape[:-1], shape[-1] + 7, device=DEVICE) * scale).to(dtype)
-        t = t[..., 3 : 3 + shape[-1]]
-    else:
-        raise ValueError(layout)
-    assert t.shape == shape and not t.is_contiguous()
-    return t
-
-
-def float64_leaf(t):
-    return t.detach().double().requires_grad_()
-
-
-def assert_rel_close(out, ref, tol, what):
-    assert out.shape == ref.shape, f"{what}: shape {tuple(out.shape)} != {tuple(ref.shape)}"
-    assert torch.isfinite(out).all(), f"{what}: non-finite elements (unwritten outputs stay NaN)"
-    err = ((out.double() - ref.double()).norm() / ref.double().norm()).item()
-    assert err <= tol, f"{what}: relative error {err:.3e} > {tol:.1e}"
-
-
-@pytest.fixture
-def poisoned_empty(monkeypatch):
-    """Make torch.empty return NaN-filled floating tensors while the test runs.
-
-    The launchers allocate every output with torch.empty, so an element a kernel forgets to write
-    stays NaN and fails the finiteness check. The returned list records each poisoned allocation,
-    so a test can assert that its outputs went through it.
-    """
-    real_empty = torch.empty
-    poisoned = []
-
-    def nan_empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        if t.is_floating_point():
-            t.fill_(float("nan"))
-            poisoned.append(tuple(t.shape))
-        return t
-
-    monkeypatch.setattr(torch, "empty", nan_empty)
-    return poisoned
 
 
 # The saturating case overflows exp(-gate) to inf on purpose; the interpreter (numpy) warns.
