@@ -34,7 +34,7 @@ from data.shards import DEFAULT_FRAME_TOKENS, DEFAULT_LEVEL, DEFAULT_SHARD_TOKEN
 EOT_TOKEN = "<|endoftext|>"
 # Names other tokenizers use for their end-of-text token, tried in order when none is given.
 KNOWN_EOT_TOKENS = (EOT_TOKEN, "</s>", "<|end_of_text|>", "<eos>", "<|eot_id|>", "[SEP]")
-DEFAULT_VOCAB_SIZE = 2048
+DEFAULT_VOCAB_SIZE = 512  # the `tiny` preset's vocabulary (docs/TINY.md)
 ENCODE_BATCH_DOCS = 64
 
 
