@@ -441,7 +441,8 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
         from tqdm import tqdm
 
         bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True)
-    t_start, t_last, last_copy = time.time(), time.time(), float("nan")
+    t_start, t_last = time.time(), time.time()
+    last_copy, last_tokens_per_s = float("nan"), float("nan")  # shown in the progress bar
     model.train()
     while step < cfg.max_steps:
         lr = lr_at(step, cfg)
@@ -494,8 +495,9 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
                 tensorboard.write(record)
         if bar is not None:
             bar.update(1)
-            bar.set_postfix(loss=f"{step_loss:.3f}", copy=f"{last_copy:.2f}",
-                            tok_s=f"{record['tokens_per_s']:.0f}" if record and "tokens_per_s" in record else None,
+            if record is not None and "tokens_per_s" in record:
+                last_tokens_per_s = record["tokens_per_s"]
+            bar.set_postfix(loss=f"{step_loss:.3f}", copy=f"{last_copy:.2f}", tok_s=f"{last_tokens_per_s:.0f}",
                             refresh=False)
         if stopping or step == cfg.max_steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
             save_checkpoint()

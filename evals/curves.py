@@ -71,6 +71,7 @@ def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:
     right = ax.twinx()
     steps = [r["step"] for r in evals]
     right.plot(steps, [r["copy_gain"] for r in evals], color="tab:red", lw=2, marker="o", ms=3, label="copy gain")
+    right.plot(steps, [r["copy_token_acc"] for r in evals], color="tab:purple", lw=1.5, label="copy token acc")
     right.plot(steps, [r["repeat_acc"] for r in evals], color="tab:orange", lw=1.5, ls="--", label="repeat acc")
     right.plot(steps, [max(r["induction_max"]) for r in evals], color="tab:green", lw=1.5, ls=":",
                label="induction score (best head)")

@@ -92,7 +92,7 @@ PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         model=LlamaConfig(vocab_size=512, n_layers=3, n_heads=2, d_model=64, d_mlp=256, context=256),
         train=dict(seq_len=256, batch_size=4, lr=3e-3, warmup_steps=200, schedule="constant",
-                   weight_decay=0.1, max_steps=24000, eval_every=500, ckpt_every=2000),
+                   weight_decay=0.1, max_steps=20000, eval_every=500, ckpt_every=2000),
         description="3 layers x d64 on BPE-512 Python source: the CPU default",
     ),
     # The seed paper's model (arXiv 2409.09281): 162M parameters with untied embeddings.
