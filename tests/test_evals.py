@@ -128,8 +128,8 @@ def test_half_max_step_and_summary(tmp_path):
     assert half_max_step([1, 2], [0.0, 0.0]) is None
     records = [{"step": s, "tokens": 10 * s, "loss": 5 - s / 10} for s in range(1, 11)]
     for r in records[4::5]:
-        r.update(val_loss=r["loss"], copy_acc=0.5, copy_control_acc=0.1, copy_gain=0.4, repeat_acc=0.2,
-                 induction_max=[0.1, 0.3])
+        r.update(val_loss=r["loss"], copy_acc=0.5, copy_token_acc=0.7, copy_control_acc=0.1, copy_gain=0.4,
+                 repeat_acc=0.2, induction_max=[0.1, 0.3])
     text = run_summary(records, wall_s=120)
     assert "steps 10" in text and "half of max gain first reached at step 5" in text
     plot_curves(records, tmp_path / "c.png")
