@@ -81,7 +81,7 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_ckpts: int = 3
     device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto | fp32 | bf16 (autocast)
+    dtype: str = "auto"  # auto (= bf16) | fp32 | bf16: autocast dtype of the forward pass
     compile: bool = False
     fsdp: bool = False
     quiet: bool = False
@@ -378,7 +378,9 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
     if cfg.compile:
         train_model = torch.compile(train_model)
     optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
-    use_bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and (device.type == "cuda" or cfg.preset == "tiny"))
+    # auto = bf16 autocast on CUDA and on the CPU alike: on the 2-core CPU it is 1.3x faster than
+    # fp32 for `tiny` (8.2 vs 6.1 steps/s, one thread) and it is what showed the copy surge.
+    use_bf16 = cfg.dtype in ("auto", "bf16")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
     full = StateDictOptions(full_state_dict=True, cpu_offload=True)
 

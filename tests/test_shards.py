@@ -148,6 +148,23 @@ def test_token_beyond_vocab_is_detected_even_with_valid_checksums(tmp_path):
         ds[2:4]
 
 
+def test_frame_index_out_of_bounds_is_detected_even_with_valid_checksums(small_shard):
+    """An index entry pointing past the data region, with the index and header CRCs made valid."""
+    import struct
+    import zlib
+
+    path, _ = small_shard
+    data = bytearray(path.read_bytes())
+    index_offset = struct.unpack_from("<Q", data, 40)[0]
+    struct.pack_into("<Q", data, index_offset + 16, index_offset + 5)  # frame 1 starts inside the index
+    index_crc = zlib.crc32(bytes(data[index_offset:]))
+    struct.pack_into("<I", data, 48, index_crc)
+    struct.pack_into("<I", data, 60, zlib.crc32(bytes(data[:60])))
+    path.write_bytes(data)
+    with pytest.raises(ShardFormatError, match=r"frame 1: frame payload lies outside the data region"):
+        read_everything(path)
+
+
 def test_unknown_version_is_reported(small_shard):
     import struct
     import zlib
