@@ -269,6 +269,11 @@ def gather(obj, world: int) -> list:
     return out
 
 
+def model_shape(model_config: dict) -> dict:
+    """A model config without its backend choices: a run may resume on other kernels (say CPU -> GPU)."""
+    return {k: v for k, v in model_config.items() if k not in ("attention", "norm", "mlp")}
+
+
 def parameter_digest(model: torch.nn.Module) -> str:
     """SHA-256 of every parameter's bytes, in order: equal digests mean bit-identical models."""
     import hashlib
@@ -352,7 +357,7 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
     run_dir = Path(cfg.out or f"runs/{cfg.preset}")
     checkpoints = list_checkpoints(run_dir)
     resume = torch.load(checkpoints[-1], map_location="cpu", weights_only=False) if checkpoints else None
-    if resume is not None and resume["model_config"] != model_cfg.to_dict():
+    if resume is not None and model_shape(resume["model_config"]) != model_shape(model_cfg.to_dict()):
         raise ConfigError(f"--out {run_dir} holds a run of another model shape; choose another --out")
     if master:
         run_dir.mkdir(parents=True, exist_ok=True)

@@ -69,6 +69,17 @@ def test_kill9_then_resume_is_bit_identical(corpus, tmp_path):
 
 
 @pytest.mark.slow
+def test_resume_may_switch_backend_but_not_shape(corpus, tmp_path):
+    """A run can continue on other kernels (say a CPU run resumed on a GPU); not with another shape."""
+    args = [*SMALL, "--data", str(corpus), "--out", str(tmp_path / "run"), "--eval-every", "0"]
+    assert run_train([*args, "--max-steps", "4", "--attention", "torch"]).returncode == 0
+    switched = run_train([*args, "--max-steps", "6", "--attention", "sdpa"])
+    assert switched.returncode == 0 and "from step 4" in switched.stdout, switched.stderr
+    reshaped = run_train([*args, "--max-steps", "8", "--d-model", "64"])
+    assert reshaped.returncode == 2 and "another model shape" in reshaped.stderr
+
+
+@pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
     from model.checkpoint import list_checkpoints
 
