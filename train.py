@@ -407,7 +407,14 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
     if master and (cfg.tensorboard if cfg.tensorboard is not None else tensorboard_available()):
         tensorboard = TensorBoardLog(run_dir / "tb", purge_step=step + 1 if step else None)
 
-    def save_checkpoint() -> None:
+    def save_checkpoint() -> bool:
+        """Write a checkpoint, unless a parameter is not finite (then write nothing, return False):
+        a diverged update must never replace the last good checkpoint."""
+        finite = torch.tensor(float(all(bool(torch.isfinite(p).all()) for p in model.parameters())), device=device)
+        if world > 1:
+            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # FSDP: each rank holds a shard
+        if not finite:
+            return False
         state = {
             "model": get_model_state_dict(model, options=full),
             "optimizer": get_optimizer_state_dict(model, optimizer, options=full),
@@ -421,6 +428,13 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
                 old.unlink()
         if world > 1:
             dist.barrier()
+        return True
+
+    def diverged(what: str) -> int:
+        last = list_checkpoints(run_dir)
+        log(f"error: {what} at step {step + 1}; stopping. The last good checkpoint is "
+            f"{last[-1] if last else '(none yet)'}; lower --lr or check the data.")
+        return 3
 
     # --- evals: fixed copy cases stored in the run directory, repeated random tokens, val loss.
     # Every rank evaluates (an FSDP forward is a collective, so all ranks must take part); the
@@ -472,10 +486,9 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
             flags[0] /= world
         step_loss, stopping = float(flags[0]), bool(flags[1] > 0)
         if not math.isfinite(step_loss):
-            last = list_checkpoints(run_dir)
-            log(f"error: loss is {step_loss} at step {step + 1}; stopping. The last good checkpoint is "
-                f"{last[-1] if last else '(none yet)'}; lower --lr or check the data.")
-            return 3
+            return diverged(f"loss is {step_loss}")
+        if not math.isfinite(float(grad_norm)):  # stop before the update poisons the parameters
+            return diverged(f"gradient norm is {float(grad_norm)}")
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -507,7 +520,9 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
             bar.set_postfix(loss=f"{step_loss:.3f}", copy=f"{last_copy:.2f}", tok_s=f"{last_tokens_per_s:.0f}",
                             refresh=False)
         if stopping or step == cfg.max_steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
-            save_checkpoint()
+            if not save_checkpoint():
+                step -= 1  # the message names the step whose update diverged
+                return diverged("parameters are not finite after the update")
         if stopping:
             log(f"\nstopped by signal at step {step}; checkpoint saved in {run_dir / 'checkpoints'}")
             return 0

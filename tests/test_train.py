@@ -3,6 +3,7 @@ SIGTERM checkpoints, and bad configurations fail before training with a message 
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -77,6 +78,20 @@ def test_resume_may_switch_backend_but_not_shape(corpus, tmp_path):
     assert switched.returncode == 0 and "from step 4" in switched.stdout, switched.stderr
     reshaped = run_train([*args, "--max-steps", "8", "--d-model", "64"])
     assert reshaped.returncode == 2 and "another model shape" in reshaped.stderr
+
+
+def test_non_finite_loss_stops_and_keeps_the_checkpoints(corpus, tmp_path):
+    """An absurd LR blows the run up within a few steps: it stops with exit code 3 and a message
+    naming the last checkpoint, which was written before the failure and is finite."""
+    out = tmp_path / "run"
+    proc = run_train([*SMALL, "--data", str(corpus), "--out", str(out), "--lr", "1e8", "--warmup-steps", "0",
+                      "--grad-clip", "0", "--max-steps", "200", "--ckpt-every", "1", "--eval-every", "0"])
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    # whichever is seen first: the loss, the gradient norm or the updated parameters
+    assert re.search(r"error: (loss is|gradient norm is) (nan|inf)|parameters are not finite", proc.stdout)
+    last = final_state(out)
+    assert f"step-{last['step']:08d}.pt" in proc.stdout
+    assert all(torch.isfinite(t).all() for t in last["model"].values())
 
 
 @pytest.mark.slow
