@@ -161,6 +161,19 @@ def repeat_targets(seq_len: int, periods: torch.Tensor) -> torch.Tensor:
     return torch.where(second, t - L + 1, -1)[..., None]
 
 
+def sequence_target_mass(stats: list, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence head scores from a forward pass's AttentionStats (one per layer).
+
+    targets: int64 [B, T, 1] (-1: the query has no target). Returns (mass fp32 [layers, B, heads]:
+    the attention probability on the target key, averaged over the queries of each sequence that
+    have one; has fp32 [B]: 1 where the sequence has any such query, else 0 and its mass is 0).
+    """
+    has_target = (targets[..., 0] >= 0).float()  # [B, T]
+    counted = has_target.sum(-1)  # [B]
+    mass = torch.stack([(s.target_mass[..., 0].float() * has_target[:, None]).sum(-1) for s in stats])
+    return mass / counted.clamp(min=1)[None, :, None], (counted > 0).float()
+
+
 @torch.no_grad()
 def repeat_metrics(model, tokens: torch.Tensor, periods: torch.Tensor, device, batch_size: int = 16) -> dict:
     """repeat_acc (next-token accuracy over the second copy) and induction scores.
@@ -183,12 +196,7 @@ def repeat_metrics(model, tokens: torch.Tensor, periods: torch.Tensor, device, b
         hits = (logits[:, :-1].argmax(-1) == seq[:, 1:]) & predicts_copy[:, :-1]
         correct += int(hits.sum())
         counted += int(predicts_copy.sum())
-        # mean target mass over second-copy positions, per sequence, then summed over sequences
-        in_second = (targets[..., 0] >= 0).float()  # [b, T]
-        per_layer = torch.stack([
-            (s.target_mass[..., 0] * in_second[:, None]).sum(-1) / in_second.sum(-1)[:, None] for s in stats
-        ])  # [layers, b, heads]
-        batch_sum = per_layer.sum(1)
+        batch_sum = sequence_target_mass(stats, targets)[0].sum(1)  # [layers, heads]
         mass_sum = batch_sum if mass_sum is None else mass_sum + batch_sum
     induction = (mass_sum / n).cpu()
     return {

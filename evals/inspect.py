@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from evals.curves import read_metrics
+from evals.onsets import induction_onset_steps
 from model.checkpoint import CHECKPOINT_RE, list_checkpoints
 from model.config import LlamaConfig
 from model.llama import Llama
@@ -104,11 +105,9 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = 0.3) ->
         }
     induction = None
     if evals:
-        n_layers = len(evals[-1]["induction_max"])
         induction = {
             "threshold": induction_threshold,
-            "onset_step": [first_step(evals, lambda r, i=i: r["induction_max"][i] >= induction_threshold)
-                           for i in range(n_layers)],
+            "onset_step": induction_onset_steps(evals, induction_threshold),
             "latest_max": evals[-1]["induction_max"],
         }
     return {

@@ -1,0 +1,75 @@
+"""When things happen in a run: loss plateau, copy onset and per-layer induction onset, in steps.
+
+All three read the eval records of a run's metrics.jsonl (records holding "copy_gain"):
+- loss plateau step: the val loss is smoothed by a trailing mean over `smooth` evals; the plateau
+  starts at the first eval i (steps[i]) after which the smoothed loss falls by less than
+  `rel_drop` (a fraction of its value) over the next `window` evals. None if it never flattens
+  within the records. It marks where the fast early loss drop ends and the slow phase begins.
+- copy onset step: the first eval at which copy gain (copy_acc - copy_control_acc) reaches half
+  of its maximum over the run (evals.curves.half_max_step); None when copy gain never exceeds 0.
+- induction onset step of layer l: the first eval at which the best head of layer l has an
+  induction score (repeated random tokens, evals.copying.repeat_metrics) >= `threshold`; None if
+  it never does. 0.3 sits far above chance (about 1 / context) and below a formed head (> 0.8).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from evals.curves import half_max_step
+
+PLATEAU_SMOOTH = 3  # evals in the trailing mean
+PLATEAU_WINDOW = 5  # evals looked ahead
+PLATEAU_REL_DROP = 0.01  # less than 1% further drop over the window = plateau
+INDUCTION_THRESHOLD = 0.3
+
+
+def eval_records(records: list[dict]) -> list[dict]:
+    """The records that carry eval results (train.py logs them every eval_every steps)."""
+    return [r for r in records if "copy_gain" in r]
+
+
+def smoothed(values: list[float], smooth: int) -> np.ndarray:
+    """Trailing mean over up to `smooth` values (the first ones average what exists so far)."""
+    v = np.asarray(values, dtype=float)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(len(v))
+    lo = np.maximum(0, i + 1 - smooth)
+    return (c[i + 1] - c[lo]) / (i + 1 - lo)
+
+
+def loss_plateau_step(steps: list[int], losses: list[float], *, smooth: int = PLATEAU_SMOOTH,
+                      window: int = PLATEAU_WINDOW, rel_drop: float = PLATEAU_REL_DROP) -> int | None:
+    """First step whose smoothed loss drops by less than `rel_drop` over the next `window` evals."""
+    s = smoothed(losses, smooth)
+    for i in range(len(s) - window):
+        if s[i] - s[i + window] < rel_drop * abs(s[i]):
+            return steps[i]
+    return None
+
+
+def copy_onset_step(records: list[dict]) -> int | None:
+    """First eval step with copy gain >= half its run maximum."""
+    evals = eval_records(records)
+    return half_max_step([r["step"] for r in evals], [r["copy_gain"] for r in evals])
+
+
+def induction_onset_steps(records: list[dict], threshold: float = INDUCTION_THRESHOLD) -> list[int | None]:
+    """Per layer: the first eval step whose best-head induction score is >= `threshold`."""
+    evals = eval_records(records)
+    if not evals:
+        return []
+    onsets: list[int | None] = []
+    for layer in range(len(evals[0]["induction_max"])):
+        onsets.append(next((r["step"] for r in evals if r["induction_max"][layer] >= threshold), None))
+    return onsets
+
+
+def run_onsets(records: list[dict], threshold: float = INDUCTION_THRESHOLD) -> dict:
+    """{"plateau": step, "copy_onset": step, "induction_onsets": [step per layer]} (None: not reached)."""
+    evals = eval_records(records)
+    return {
+        "plateau": loss_plateau_step([r["step"] for r in evals], [r["val_loss"] for r in evals]),
+        "copy_onset": copy_onset_step(records),
+        "induction_onsets": induction_onset_steps(records, threshold),
+    }

@@ -1,0 +1,211 @@
+"""Figures and a markdown summary of one or more runs (an experiment's run directories).
+
+    python -m evals.report runs/experiments/lr/* --out reports/lr
+
+Writes to OUT:
+- <run>-curves.png: val loss and copy accuracy / gain against steps on twin axes, the loss
+  plateau and the copy onset marked (definitions in evals/onsets.py);
+- <run>-induction.png: layer x step heatmap of the induction score (best head of each layer),
+  each layer's induction onset marked;
+- overlay-steps.png, overlay-tokens.png: every run on one figure (evals.curves.plot_overlay);
+- onset-vs-lr.png (when the runs have more than one LR): copy onset step, and LR x onset step,
+  against LR, one line per batch size;
+- onset-lr-batch.png (when the runs vary both LR and batch size): heatmap of the copy onset step;
+- report.md: a table of every run's settings, final numbers and onsets.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from evals.curves import plot_overlay, read_metrics
+from evals.onsets import INDUCTION_THRESHOLD, eval_records, run_onsets
+
+
+def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
+    """(config.json, metrics records) of a run directory."""
+    config = json.loads((run_dir / "config.json").read_text())
+    return config, read_metrics(run_dir / "metrics.jsonl")[0]
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_run(records: list[dict], onsets: dict, path: Path, title: str) -> None:
+    """Val loss (left axis) and copy acc / gain (right axis) against steps; plateau and onset marked."""
+    plt = _pyplot()
+    evals = eval_records(records)
+    steps = [r["step"] for r in evals]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    ax.plot(steps, [r["val_loss"] for r in evals], color="tab:blue", lw=2, label="val loss")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("val loss", color="tab:blue")
+    right = ax.twinx()
+    right.plot(steps, [r["copy_acc"] for r in evals], color="tab:red", lw=2, label="copy acc")
+    right.plot(steps, [r["copy_gain"] for r in evals], color="tab:red", lw=1, ls="--", label="copy gain")
+    right.set_ylim(-0.05, 1.05)
+    right.set_ylabel("copy accuracy", color="tab:red")
+    for key, label, color in (("plateau", "loss plateau", "tab:blue"), ("copy_onset", "copy onset", "tab:red")):
+        if onsets[key] is not None:
+            ax.axvline(onsets[key], color=color, ls=":", lw=1.2)
+            ax.annotate(f"{label}\nstep {onsets[key]}", (onsets[key], 0.95), xycoords=("data", "axes fraction"),
+                        fontsize=8, ha="left", va="top", color=color)
+    handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    labels = ax.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
+    ax.legend(handles, labels, loc="center right", fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_induction_heatmap(records: list[dict], onsets: list[int | None], path: Path, title: str) -> None:
+    """Layers (rows) x eval steps (columns): the best head's induction score; onsets as white ticks."""
+    plt = _pyplot()
+    evals = eval_records(records)
+    steps = [r["step"] for r in evals]
+    grid = [[r["induction_max"][layer] for r in evals] for layer in range(len(onsets))]
+    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(onsets)), dpi=110)
+    # each column spans half-way to its neighbours, so uneven eval spacing is drawn truthfully
+    edges = [steps[0] - (steps[1] - steps[0]) / 2 if len(steps) > 1 else steps[0] - 0.5]
+    edges += [(a + b) / 2 for a, b in zip(steps[:-1], steps[1:], strict=True)]
+    edges += [steps[-1] + (steps[-1] - steps[-2]) / 2 if len(steps) > 1 else steps[0] + 0.5]
+    mesh = ax.pcolormesh(edges, range(len(onsets) + 1), grid, vmin=0, vmax=1, cmap="viridis")
+    for layer, onset in enumerate(onsets):
+        if onset is not None:
+            ax.plot([onset, onset], [layer, layer + 1], color="white", lw=2)
+            ax.annotate(f"{onset}", (onset, layer + 0.5), color="white", fontsize=8, ha="left", va="center")
+    ax.set_yticks([i + 0.5 for i in range(len(onsets))], [f"layer {i}" for i in range(len(onsets))])
+    ax.set_xlabel("optimizer step")
+    fig.colorbar(mesh, ax=ax, label="induction score (best head)")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_onset_vs_lr(rows: list[dict], path: Path) -> None:
+    """Copy onset step, and LR x onset step (the learning 'intensity' spent), against LR per batch size."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
+    for batch in sorted({r["batch"] for r in rows}):
+        points = sorted((r["lr"], r["copy_onset"]) for r in rows if r["batch"] == batch and r["copy_onset"])
+        if points:
+            axes[0].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"batch {batch}")
+            axes[1].plot([p[0] for p in points], [p[0] * p[1] for p in points], marker="o", label=f"batch {batch}")
+    for ax, label in zip(axes, ("copy onset step", "LR x copy onset step"), strict=True):
+        ax.set_xscale("log")
+        ax.set_xlabel("peak LR")
+        ax.set_title(label, fontsize=10)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def plot_onset_heatmap(rows: list[dict], path: Path) -> None:
+    """Copy onset step on an (LR, batch size) grid; blank cells: no onset (or no run)."""
+    plt = _pyplot()
+    lrs, batches = sorted({r["lr"] for r in rows}), sorted({r["batch"] for r in rows})
+    grid = [[float("nan")] * len(batches) for _ in lrs]
+    for r in rows:
+        if r["copy_onset"] is not None:
+            grid[lrs.index(r["lr"])][batches.index(r["batch"])] = r["copy_onset"]
+    fig, ax = plt.subplots(figsize=(5, 4), dpi=110)
+    image = ax.imshow(grid, origin="lower", cmap="magma_r")
+    for i, line in enumerate(grid):
+        for j, value in enumerate(line):
+            if value == value:  # not NaN
+                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8, color="tab:cyan")
+    ax.set_xticks(range(len(batches)), [str(b) for b in batches])
+    ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
+    ax.set_xlabel("global batch (sequences per optimizer step)")
+    ax.set_ylabel("peak LR")
+    fig.colorbar(image, ax=ax, label="copy onset step")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else str(value)
+
+
+def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_THRESHOLD) -> Path:
+    """All figures and OUT/report.md for `run_dirs`; returns the markdown's path."""
+    out.mkdir(parents=True, exist_ok=True)
+    runs, rows = {}, []
+    for run_dir in run_dirs:
+        config, records = load_run(run_dir)
+        name = run_dir.name
+        evals = eval_records(records)
+        if not evals:
+            print(f"{run_dir}: no eval records yet, left out", file=sys.stderr)
+            continue
+        onsets = run_onsets(records, threshold)
+        runs[name] = records
+        plot_run(records, onsets, out / f"{name}-curves.png", name)
+        plot_induction_heatmap(records, onsets["induction_onsets"], out / f"{name}-induction.png", name)
+        last = evals[-1]
+        rows.append({"name": name, "lr": config["lr"], "batch": config["batch_size"] * config.get("grad_accum", 1)
+                     * config.get("world_size", 1), "weight_decay": config["weight_decay"],
+                     "dropout": config["model"]["dropout"], "step": last["step"], "val_loss": last["val_loss"],
+                     "copy_acc": last["copy_acc"], "copy_gain": last["copy_gain"], **onsets})
+    if not rows:
+        raise ValueError("none of the run directories has eval records")
+    plot_overlay(runs, out / "overlay-steps.png", x="step")
+    plot_overlay(runs, out / "overlay-tokens.png", x="tokens")
+    figures = ["overlay-steps.png", "overlay-tokens.png"]
+    if len({r["lr"] for r in rows}) > 1:
+        plot_onset_vs_lr(rows, out / "onset-vs-lr.png")
+        figures.append("onset-vs-lr.png")
+        if len({r["batch"] for r in rows}) > 1:
+            plot_onset_heatmap(rows, out / "onset-lr-batch.png")
+            figures.append("onset-lr-batch.png")
+
+    lines = [
+        "# Run report", "",
+        "Onsets in optimizer steps (definitions: evals/onsets.py). Loss plateau: first eval after which the "
+        "smoothed val loss falls by less than 1% over the next 5 evals. Copy onset: first eval with copy gain "
+        f">= half its maximum. Induction onset: first eval whose best head in that layer scores >= {threshold}. "
+        "'-': not reached.", "",
+        "| run | LR | batch (global) | wd | dropout | last step | val loss | copy acc | copy gain "
+        "| loss plateau | copy onset | induction onset per layer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        layers = ", ".join(_fmt(s) for s in r["induction_onsets"])
+        lines.append(f"| {r['name']} | {r['lr']:g} | {r['batch']} | {r['weight_decay']:g} | {r['dropout']:g} "
+                     f"| {r['step']} | {r['val_loss']:.3f} | {r['copy_acc']:.2f} | {r['copy_gain']:+.2f} "
+                     f"| {_fmt(r['plateau'])} | {_fmt(r['copy_onset'])} | {layers} |")
+    lines += ["", "## Figures", ""]
+    lines += [f"![{f}]({f})" for f in figures]
+    for r in rows:
+        lines += ["", f"### {r['name']}", "", f"![curves]({r['name']}-curves.png)",
+                  f"![induction]({r['name']}-induction.png)"]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m evals.report", description=__doc__.split("\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="run directories (config.json + metrics.jsonl)")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--threshold", type=float, default=INDUCTION_THRESHOLD, help="induction onset threshold")
+    args = parser.parse_args(argv)
+    print(write_report(args.runs, args.out, args.threshold))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,38 @@
+"""evals.report on fake run directories (synthetic metrics, no training): figures and the markdown."""
+
+import json
+
+from evals import report
+from tests.test_onsets import synthetic_records
+
+
+def fake_run(path, lr, batch, shift):
+    """A run directory whose copy gain and layer-1 induction rise `shift` steps after the template's."""
+    path.mkdir(parents=True)
+    config = {"lr": lr, "batch_size": batch, "grad_accum": 1, "world_size": 1, "weight_decay": 0.1,
+              "model": {"dropout": 0.0, "n_layers": 2}}
+    (path / "config.json").write_text(json.dumps(config))
+    records = synthetic_records()
+    lines = []
+    for r in records:
+        late = next(x for x in records if x["step"] == min(r["step"] - shift, 6000)) if r["step"] > shift else None
+        gains = late or {"copy_gain": 0.0, "copy_acc": 0.05, "induction_max": [0.01, 0.0], "induction": r["induction"]}
+        lines.append(json.dumps({**r, "copy_gain": gains["copy_gain"], "copy_acc": gains["copy_acc"],
+                                 "induction_max": gains["induction_max"]}))
+    (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_report_writes_figures_and_onsets(tmp_path):
+    runs = [fake_run(tmp_path / f"lr{lr:g}-bs{b}", lr, b, shift)
+            for lr, b, shift in ((1e-3, 4, 1000), (3e-3, 4, 0), (1e-3, 8, 500), (3e-3, 8, 200))]
+    out = tmp_path / "report"
+    assert report.main([*map(str, runs), "--out", str(out)]) == 0
+    for name in ("overlay-steps", "overlay-tokens", "onset-vs-lr", "onset-lr-batch",
+                 "lr0.001-bs4-curves", "lr0.003-bs4-induction"):
+        assert (out / f"{name}.png").stat().st_size > 5_000, name
+    text = (out / "report.md").read_text()
+    # copy onset 3000 + shift; layer 1 reaches the 0.3 threshold there too (0.9 * 0.5), layer 0 never
+    assert "| lr0.003-bs4 | 0.003 | 4 | 0.1 | 0 | 6000 | 2.200 | 0.85 | +0.80 | 1200 | 3000 | -, 3000 |" in text
+    assert "| 4000 | -, 4000 |" in text and "| 3500 | -, 3500 |" in text
+    assert "![onset-lr-batch.png](onset-lr-batch.png)" in text
