@@ -148,7 +148,7 @@ def resolve_config(overrides: dict) -> tuple[TrainConfig, LlamaConfig]:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model config: {e}") from None
     cfg = TrainConfig(**train_values)
-    if cfg.min_lr < 0 and "min_lr" not in overrides:
+    if cfg.min_lr < 0:  # the default, or asked for: the cosine floor follows lr
         cfg.min_lr = 0.1 * cfg.lr
     validate(cfg, model_cfg)
     return cfg, model_cfg

@@ -175,6 +175,13 @@ def test_config_file_and_its_errors(corpus, tmp_path, capsys):
     assert code == 2 and "not a prepared corpus" in err
 
 
+def test_negative_min_lr_means_a_tenth_of_lr():
+    cfg, _ = train.parse_args(["--lr", "2e-3", "--min-lr", "-1"])
+    assert cfg.min_lr == pytest.approx(2e-4)
+    cfg, _ = train.parse_args(["--lr", "2e-3"])
+    assert cfg.min_lr == pytest.approx(2e-4)
+
+
 def test_lr_schedule():
     cfg = train.TrainConfig(lr=1.0, min_lr=0.1, warmup_steps=10, max_steps=110, schedule="cosine")
     assert train.lr_at(0, cfg) == pytest.approx(0.1)
