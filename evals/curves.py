@@ -6,6 +6,18 @@ import json
 from pathlib import Path
 
 
+def pyplot():
+    """matplotlib.pyplot on the Agg backend: figures are files, and no display is needed (CI, servers).
+
+    Imported on first use so that importing grokcopy does not import matplotlib."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def read_metrics(path: Path) -> tuple[list[dict], int]:
     """(records, unreadable lines) of a metrics.jsonl that may still be being written."""
     if not path.is_file():
@@ -56,10 +68,7 @@ def run_summary(records: list[dict], wall_s: float) -> str:
 
 def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:
     """Loss (train, val) and copy gain / repeat accuracy against steps on twin axes, onset marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     evals = [r for r in records if "copy_gain" in r]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
@@ -96,10 +105,7 @@ def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:
 def plot_overlay(runs: dict[str, list[dict]], path: str | Path, x: str = "step", title: str = "") -> None:
     """Several runs on one figure against `x` ("step" or "tokens"): val loss, copy gain, repeat
     accuracy and the best head's induction score, one panel each."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     panels = [("val_loss", "val loss"), ("copy_gain", "copy gain"), ("repeat_acc", "repeat acc"),
               ("induction_best", "induction score (best head)")]

@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from evals.curves import plot_overlay, read_metrics
+from evals.curves import plot_overlay, pyplot, read_metrics
 from evals.onsets import INDUCTION_THRESHOLD, eval_records, run_onsets
 
 
@@ -31,18 +31,9 @@ def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
     return config, read_metrics(run_dir / "metrics.jsonl")[0]
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def plot_run(records: list[dict], onsets: dict, path: Path, title: str) -> None:
     """Val loss (left axis) and copy acc / gain (right axis) against steps; plateau and onset marked."""
-    plt = _pyplot()
+    plt = pyplot()
     evals = eval_records(records)
     steps = [r["step"] for r in evals]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
@@ -70,7 +61,7 @@ def plot_run(records: list[dict], onsets: dict, path: Path, title: str) -> None:
 
 def plot_induction_heatmap(records: list[dict], onsets: list[int | None], path: Path, title: str) -> None:
     """Layers (rows) x eval steps (columns): the best head's induction score; onsets as white ticks."""
-    plt = _pyplot()
+    plt = pyplot()
     evals = eval_records(records)
     steps = [r["step"] for r in evals]
     grid = [[r["induction_max"][layer] for r in evals] for layer in range(len(onsets))]
@@ -95,7 +86,7 @@ def plot_induction_heatmap(records: list[dict], onsets: list[int | None], path: 
 
 def plot_onset_vs_lr(rows: list[dict], path: Path) -> None:
     """Copy onset step, and LR x onset step (the learning 'intensity' spent), against LR per batch size."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
     for batch in sorted({r["batch"] for r in rows}):
         points = sorted((r["lr"], r["copy_onset"]) for r in rows if r["batch"] == batch and r["copy_onset"])
@@ -114,7 +105,7 @@ def plot_onset_vs_lr(rows: list[dict], path: Path) -> None:
 
 def plot_onset_heatmap(rows: list[dict], path: Path) -> None:
     """Copy onset step on an (LR, batch size) grid; blank cells: no onset (or no run)."""
-    plt = _pyplot()
+    plt = pyplot()
     lrs, batches = sorted({r["lr"] for r in rows}), sorted({r["batch"] for r in rows})
     grid = [[float("nan")] * len(batches) for _ in lrs]
     for r in rows:

@@ -14,6 +14,8 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from evals.curves import pyplot
+
 EVAL_KEYS = ("val_loss", "repeat_acc")
 
 
@@ -35,10 +37,7 @@ def scalar_tags(record: dict) -> dict[str, float]:
 
 def induction_figure(induction: list[list[float]], step: int):
     """A matplotlib heatmap of induction scores [layers][heads] on a fixed 0..1 colour scale."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     n_layers, n_heads = len(induction), len(induction[0])
     fig, ax = plt.subplots(figsize=(1.2 + 0.5 * n_heads, 1.0 + 0.4 * n_layers), dpi=100)
