@@ -153,8 +153,13 @@ def make_repeat_batch(vocab_size: int, seq_len: int, *, n: int = N_REPEAT_SEQUEN
     return torch.as_tensor(tokens), torch.as_tensor(periods)
 
 
-def repeat_targets(seq_len: int, periods: torch.Tensor) -> torch.Tensor:
-    """Induction targets [n, seq_len, 1]: t - L + 1 in the second copy, -1 elsewhere."""
+def second_copy_targets(seq_len: int, periods: torch.Tensor) -> torch.Tensor:
+    """Induction targets [n, seq_len, 1] for make_repeat_batch's sequences: t - L + 1 in the second
+    copy, -1 elsewhere (the lead-in and the first copy are not scored).
+
+    Unlike kernels.repeat_targets (one period, the copies starting at position 0), each sequence
+    has its own period L and its second copy ends at the last position.
+    """
     t = torch.arange(seq_len)[None, :]
     L = periods[:, None]
     second = t >= seq_len - L
@@ -187,7 +192,7 @@ def repeat_metrics(model, tokens: torch.Tensor, periods: torch.Tensor, device, b
     for i in range(0, n, batch_size):
         seq = tokens[i : i + batch_size].to(device)
         L = periods[i : i + batch_size].to(device)
-        targets = repeat_targets(T, periods[i : i + batch_size]).to(device)
+        targets = second_copy_targets(T, periods[i : i + batch_size]).to(device)
         logits, stats = model(seq, attention_targets=targets)
         t = torch.arange(T, device=device)[None, :]
         # position t predicts token t + 1; inside the second copy every next token is a copy

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from evals.copying import make_repeat_batch, repeat_targets, sequence_target_mass
+from evals.copying import make_repeat_batch, second_copy_targets, sequence_target_mass
 from kernels.attention_targets import induction_targets, previous_token_targets
 
 
@@ -45,7 +45,7 @@ def induction_scores(model, vocab_size: int, seq_len: int, device, *, n: int = 6
                      low: int = 0) -> torch.Tensor:
     """Induction score [layers, heads] on repeated random tokens (the same batch repeat_metrics uses)."""
     tokens, periods = make_repeat_batch(vocab_size, seq_len, n=n, seed=seed, low=low)
-    return target_mass_scores(model, tokens, repeat_targets(seq_len, periods), device)
+    return target_mass_scores(model, tokens, second_copy_targets(seq_len, periods), device)
 
 
 def previous_token_scores(model, tokens: torch.Tensor, device) -> torch.Tensor:

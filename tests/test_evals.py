@@ -12,7 +12,7 @@ from evals.copying import (
     make_copy_cases,
     make_repeat_batch,
     repeat_metrics,
-    repeat_targets,
+    second_copy_targets,
 )
 from evals.curves import half_max_step, plot_curves, run_summary
 from model import Llama, LlamaConfig
@@ -87,7 +87,7 @@ def test_repeat_batch_layout():
         L = int(L)
         torch.testing.assert_close(seq[64 - L :], seq[64 - 2 * L : 64 - L])
         assert len(set(seq[64 - L :].tolist())) == L
-    targets = repeat_targets(64, periods)
+    targets = second_copy_targets(64, periods)
     t, L = 63, int(periods[0])
     assert targets[0, t, 0] == t - L + 1 and targets[0, 64 - L - 1, 0] == -1
 

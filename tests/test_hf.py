@@ -11,7 +11,7 @@ import pytest
 import torch
 from test_train import ROOT, env, run_train
 
-from evals.copying import make_repeat_batch, repeat_metrics, repeat_targets
+from evals.copying import make_repeat_batch, repeat_metrics, second_copy_targets
 from model import PRESETS, Llama, LlamaConfig, from_hf
 from model.checkpoint import checkpoint_path, list_checkpoints, save_atomically
 from model.hf import export_hf, model_shape_from_hf
@@ -192,7 +192,7 @@ def test_transformer_lens_sees_our_induction_scores(tmp_path):
     with torch.no_grad():
         logits, cache = bridge.run_with_cache(tokens)
         assert relative_error(model(tokens), logits) <= 1e-5
-    targets = repeat_targets(GQA.context, periods)[..., 0]  # [n, T]: the induction key, -1 outside copy 2
+    targets = second_copy_targets(GQA.context, periods)[..., 0]  # [n, T]: the induction key, -1 outside copy 2
     in_second = (targets >= 0).float()
     for layer in range(GQA.n_layers):
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [n, heads, T, T]
