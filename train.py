@@ -44,6 +44,7 @@ from data import TokenDataset, WindowSampler
 from data.prepare import ensure_default_corpus
 from evals.copying import copy_metrics, load_or_make_copy_cases, make_repeat_batch, repeat_metrics
 from evals.curves import plot_curves, read_metrics, run_summary
+from evals.scores import text_scores
 from evals.tensorboard import TensorBoardLog, tensorboard_available
 from model import PRESETS, Llama, LlamaConfig
 from model.checkpoint import checkpoint_path, list_checkpoints, save_atomically
@@ -450,7 +451,8 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
             val = torch.as_tensor(val_windows, device=device)
             result = {"val_loss": float(model.loss(val[:, :-1], val[:, 1:])),
                       **copy_metrics(model, copy_cases, device),
-                      **repeat_metrics(model, repeat_tokens, repeat_periods, device)}
+                      **repeat_metrics(model, repeat_tokens, repeat_periods, device),
+                      **text_scores(model, val[:, :-1], device)}
         model.train()
         return result
 

@@ -1,21 +1,28 @@
-"""Run one of the paper's experiments: a list of train.py runs, one after another.
+"""Run the paper's experiments: lists of train.py runs, shared between experiments, one or more at a time.
 
     python -m evals.experiment lr --preset tiny --out runs/experiments
+    python -m evals.experiment all --jobs 2            # every experiment, two runs at once
     python -m evals.experiment intensity --preset paper-162m --nproc-per-node 8 --dry-run
 
-An experiment is data: EXPERIMENTS[preset][name] is a list of (run name, train.py flag overrides).
-Run r goes to OUT/NAME/r. Re-running the same command resumes: a run with final.json is skipped
-and an unfinished one resumes from its latest checkpoint (train.py does that for a run directory).
-`--extra "FLAGS"` adds train.py flags to every run (before the overrides, so the overrides win);
-`--max-steps N` shortens every run (for smoke tests; the schedules in the grid stay in steps).
+An experiment is data: EXPERIMENTS[preset][name] is a list of (label, axis values). A run is named by
+its axis values (lr0.003-bs4-wd0.1-do0) and lives once in OUT/runs/<run name>; OUT/NAME/<label> is a
+symlink to it, so the baseline trains once although four experiments contain it, and
+`python -m evals.report OUT/NAME/*` reads an experiment. Re-running a command resumes: a run with
+final.json is skipped and an unfinished one resumes from its latest checkpoint (train.py does that).
+Every run gets `--min-lr -1` (a cosine floor of a tenth of its own LR). `--extra "FLAGS"` adds
+train.py flags to every run, before the axis values (which win); `--max-steps N` shortens every run.
+`--jobs N` runs N at once, each with OMP_NUM_THREADS = cores / N unless the environment sets it,
+and its output in OUT/logs/<run name>.log.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,26 +36,35 @@ AXES = {
 
 
 def experiments_for(axes: dict) -> dict[str, list[tuple[str, dict]]]:
-    """name -> [(run name, flag overrides)] for one preset's axes."""
+    """name -> [(label, axis values)] for one preset's axes; every run sets all four axes."""
+    base = {"lr": axes["lr"][1], "batch_size": axes["batch_size"][1], "weight_decay": axes["weight_decay"],
+            "dropout": 0.0}
     return {
-        "baseline": [("baseline", {})],
-        "batch-size": [(f"bs{b}", {"batch_size": b}) for b in axes["batch_size"]],
-        # min_lr -1: the cosine floor follows lr (a tenth of it) instead of the preset's fixed value
-        "lr": [(f"lr{lr:g}", {"lr": lr, "min_lr": -1.0}) for lr in axes["lr"]],
-        # weight decay is on by default in both presets, so "none" turns it off
+        "baseline": [("baseline", base)],
+        "batch-size": [(f"bs{b}", {**base, "batch_size": b}) for b in axes["batch_size"]],
+        "lr": [(f"lr{lr:g}", {**base, "lr": lr}) for lr in axes["lr"]],
+        # weight decay is on in the baseline of both presets, so "none" turns it off
         "regularization": [
-            ("none", {"weight_decay": 0.0, "dropout": 0.0}),
-            ("dropout", {"weight_decay": 0.0, "dropout": axes["dropout"]}),
-            ("weight-decay", {"weight_decay": axes["weight_decay"], "dropout": 0.0}),
-            ("both", {"weight_decay": axes["weight_decay"], "dropout": axes["dropout"]}),
+            ("none", {**base, "weight_decay": 0.0}),
+            ("dropout", {**base, "weight_decay": 0.0, "dropout": axes["dropout"]}),
+            ("weight-decay", base),
+            ("both", {**base, "dropout": axes["dropout"]}),
         ],
         # learning intensity: LR x batch size, every pair
-        "intensity": [(f"lr{lr:g}-bs{b}", {"lr": lr, "batch_size": b, "min_lr": -1.0})
+        "intensity": [(f"lr{lr:g}-bs{b}", {**base, "lr": lr, "batch_size": b})
                       for lr in axes["lr"] for b in axes["batch_size"]],
     }
 
 
 EXPERIMENTS: dict[str, dict[str, list[tuple[str, dict]]]] = {p: experiments_for(a) for p, a in AXES.items()}
+
+
+SHORT = {"lr": "lr", "batch_size": "bs", "weight_decay": "wd", "dropout": "do"}
+
+
+def run_name(overrides: dict) -> str:
+    """{"lr": 0.003, "batch_size": 4, "weight_decay": 0.1, "dropout": 0.0} -> "lr0.003-bs4-wd0.1-do0"."""
+    return "-".join(f"{SHORT.get(key, key.replace('_', '-'))}{value:g}" for key, value in overrides.items())
 
 
 def flags(overrides: dict) -> list[str]:
@@ -67,41 +83,90 @@ def run_command(run_dir: Path, preset: str, overrides: dict, *, extra: list[str]
                 nproc: int) -> list[str]:
     """The train.py command line of one run (torchrun when nproc > 0, else this Python)."""
     launcher = (["torchrun", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 0 else [sys.executable])
-    cmd = [*launcher, str(ROOT / "train.py"), "--preset", preset, "--out", str(run_dir), *extra, *flags(overrides)]
+    cmd = [*launcher, str(ROOT / "train.py"), "--preset", preset, "--out", str(run_dir), "--min-lr", "-1",
+           *extra, *flags(overrides)]
     if max_steps is not None:
         cmd += ["--max-steps", str(max_steps)]
     return cmd
 
 
+def link(path: Path, target: Path) -> None:
+    """Make `path` a relative symlink to the run directory `target` (which need not exist yet)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    relative = Path(os.path.relpath(target, path.parent))
+    if path.is_symlink() and Path(os.readlink(path)) == relative:
+        return
+    if path.exists() or path.is_symlink():
+        raise SystemExit(f"{path} exists and is not a link to {target}: move it away or use another --out")
+    path.symlink_to(relative, target_is_directory=True)
+
+
+def run_all(commands: list[tuple[Path, list[str]]], jobs: int, log_dir: Path) -> int:
+    """Run train.py commands, `jobs` at a time; after a failure start no new run. Returns 0 or an exit status."""
+    env = dict(os.environ)
+    if jobs > 1:
+        env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+        log_dir.mkdir(parents=True, exist_ok=True)
+    pending, running, status = list(commands), [], 0
+    while pending or running:
+        while pending and len(running) < jobs and status == 0:
+            run_dir, cmd = pending.pop(0)
+            log = open(log_dir / f"{run_dir.name}.log", "a") if jobs > 1 else None
+            running.append((run_dir, subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=log), log))
+        if status != 0 and not running:
+            break
+        time.sleep(0.2)
+        for entry in [r for r in running if r[1].poll() is not None]:
+            running.remove(entry)
+            run_dir, process, log = entry
+            if log is not None:
+                log.close()
+            if process.returncode != 0:  # later runs would likely fail alike; a re-run resumes here
+                print(f"run {run_dir} failed with exit status {process.returncode}", file=sys.stderr, flush=True)
+                status = status or process.returncode
+            else:
+                print(f"done {run_dir}", flush=True)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evals.experiment", description=__doc__.split("\n")[0])
-    parser.add_argument("name", help="one of: " + ", ".join(EXPERIMENTS["tiny"]))
+    parser.add_argument("names", nargs="+", metavar="NAME",
+                        help="one or more of: all, " + ", ".join(EXPERIMENTS["tiny"]))
     parser.add_argument("--preset", default="tiny", choices=sorted(EXPERIMENTS))
-    parser.add_argument("--out", default="runs/experiments", help="runs go to OUT/NAME/<run>")
+    parser.add_argument("--out", default="runs/experiments", help="runs go to OUT/runs, links to OUT/NAME/<label>")
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--extra", default="", help="train.py flags for every run, one quoted string")
     parser.add_argument("--nproc-per-node", type=int, default=0, help="> 0: launch with torchrun")
+    parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
     grid = EXPERIMENTS[args.preset]
-    if args.name not in grid:
-        parser.error(f"unknown experiment {args.name!r}; choose from {list(grid)}")
+    names = list(grid) if "all" in args.names else args.names
+    for name in names:
+        if name not in grid:
+            parser.error(f"unknown experiment {name!r}; choose from {['all', *grid]}")
+    if args.jobs < 1:
+        parser.error(f"--jobs must be >= 1, got {args.jobs}")
 
-    for run, overrides in grid[args.name]:
-        run_dir = Path(args.out).resolve() / args.name / run  # absolute: train.py runs from the repo root
-        cmd = run_command(run_dir, args.preset, overrides, extra=shlex.split(args.extra),
-                          max_steps=args.max_steps, nproc=args.nproc_per_node)
+    out = Path(args.out).resolve()  # absolute: train.py runs from the repo root
+    commands: dict[str, tuple[Path, list[str]]] = {}  # run name -> command, each run once
+    for name in names:
+        for label, overrides in grid[name]:
+            run_dir = out / "runs" / run_name(overrides)
+            if not args.dry_run:
+                link(out / name / label, run_dir)
+            commands[run_dir.name] = (run_dir, run_command(run_dir, args.preset, overrides,
+                                                           extra=shlex.split(args.extra),
+                                                           max_steps=args.max_steps, nproc=args.nproc_per_node))
+    todo = []
+    for run_dir, cmd in commands.values():
         if (run_dir / "final.json").is_file():
             print(f"skip {run_dir} (finished: final.json)", flush=True)
             continue
         print(shlex.join(cmd), flush=True)
-        if args.dry_run:
-            continue
-        result = subprocess.run(cmd, cwd=ROOT)
-        if result.returncode != 0:  # stop: later runs would likely fail alike, and a re-run resumes here
-            print(f"run {run_dir} failed with exit status {result.returncode}", file=sys.stderr)
-            return result.returncode
-    return 0
+        todo.append((run_dir, cmd))
+    return 0 if args.dry_run else run_all(todo, args.jobs, out / "logs")
 
 
 if __name__ == "__main__":

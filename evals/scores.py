@@ -58,17 +58,27 @@ def prefix_matching_scores(model, tokens: torch.Tensor, device) -> torch.Tensor:
     return target_mass_scores(model, tokens, induction_targets(tokens), device)
 
 
+def text_scores(model, text_tokens: torch.Tensor, device) -> dict:
+    """previous_token and prefix_matching on validation windows int64 [N, T], as logged by train.py.
+
+    Keys: previous_token, prefix_matching ([layers][heads]) and <key>_max ([layers]).
+    """
+    return as_lists({"previous_token": previous_token_scores(model, text_tokens, device),
+                     "prefix_matching": prefix_matching_scores(model, text_tokens, device)})
+
+
 def attention_scores(model, text_tokens: torch.Tensor, vocab_size: int, device, *, low: int = 0) -> dict:
     """All three scores as lists [layers][heads], with the best head per layer for each.
 
     text_tokens: validation windows int64 [N, T]; the repeat batch uses the same T.
     Keys: induction, previous_token, prefix_matching, and <key>_max ([layers]).
     """
-    scores = {
-        "induction": induction_scores(model, vocab_size, text_tokens.shape[1], device, low=low),
-        "previous_token": previous_token_scores(model, text_tokens, device),
-        "prefix_matching": prefix_matching_scores(model, text_tokens, device),
-    }
+    induction = induction_scores(model, vocab_size, text_tokens.shape[1], device, low=low)
+    return {**as_lists({"induction": induction}), **text_scores(model, text_tokens, device)}
+
+
+def as_lists(scores: dict[str, torch.Tensor]) -> dict:
+    """{name: [layers, heads] tensor} -> {name: nested list, name_max: best head per layer}."""
     out: dict = {}
     for name, s in scores.items():
         out[name] = s.tolist()

@@ -22,21 +22,35 @@ def test_dry_run_prints_commands(tmp_path, capsys):
     assert experiment.main(["lr", "--out", str(tmp_path), "--dry-run", "--nproc-per-node", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and all(line.startswith("torchrun --standalone --nproc-per-node=2") for line in lines)
-    assert "--lr 0.01" in lines[2] and str(tmp_path / "lr" / "lr0.01") in lines[2]
+    assert "--lr 0.01" in lines[2] and str(tmp_path / "runs" / "lr0.01-bs4-wd0.1-do0") in lines[2]
     assert not (tmp_path / "lr").exists()
+
+
+def test_runs_shared_between_experiments_train_once(tmp_path, capsys):
+    """The baseline is in four experiments and the intensity grid holds the lr and batch-size runs."""
+    assert experiment.main(["all", "--out", str(tmp_path), "--dry-run"]) == 0
+    commands = capsys.readouterr().out.splitlines()
+    assert len(commands) == len(set(commands)) == 12  # 1 + 2 (batch) + 2 (lr) + 3 (regularization) + 4 (intensity)
+    assert experiment.run_name({"lr": 0.003, "batch_size": 4, "weight_decay": 0.1, "dropout": 0.0}) == \
+        "lr0.003-bs4-wd0.1-do0"
 
 
 def test_tiny_experiment_runs_and_resumes(corpus, tmp_path, monkeypatch, capsys):
     runs = [("lr-a", {"lr": 1e-3}), ("lr-b", {"lr": 3e-3})]
     monkeypatch.setitem(experiment.EXPERIMENTS["tiny"], "smoke", runs)
-    argv = ["smoke", "--out", str(tmp_path), "--max-steps", "3",
+    monkeypatch.setitem(experiment.EXPERIMENTS["tiny"], "smoke-again", runs[1:])
+    argv = ["smoke", "smoke-again", "--out", str(tmp_path), "--max-steps", "3", "--jobs", "2",
             "--extra", shlex.join([*SMALL, "--data", str(corpus), "--eval-every", "0", "--ckpt-every", "0",
                                    "--no-tensorboard"])]
     assert experiment.main(argv) == 0
     for name, overrides in runs:
         run_dir = tmp_path / "smoke" / name
+        assert run_dir.is_symlink() and run_dir.resolve() == tmp_path / "runs" / experiment.run_name(overrides)
         assert (run_dir / "final.json").is_file()
         assert f'"lr": {overrides["lr"]}' in (run_dir / "config.json").read_text(), "the override wins over --extra"
-    capsys.readouterr()
+        assert (tmp_path / "logs" / f"{experiment.run_name(overrides)}.log").is_file(), "--jobs 2 logs to files"
+    assert (tmp_path / "smoke-again" / "lr-b").resolve() == (tmp_path / "smoke" / "lr-b").resolve()
+    out = capsys.readouterr().out
+    assert out.count("done ") == 2, "the run in both experiments trains once"
     assert experiment.main(argv) == 0
     assert capsys.readouterr().out.count("skip ") == 2
