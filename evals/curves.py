@@ -102,19 +102,33 @@ def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:
 
 
 
+def copy_token_gain(record: dict) -> float:
+    """Token-level copy accuracy above the control's (the control has no earlier copy to read)."""
+    return record["copy_token_acc"] - record["copy_control_token_acc"]
+
+
+def overlay_value(record: dict, key: str) -> float:
+    """A metrics record's value for an overlay panel, the two derived panels included."""
+    if key == "induction_best":
+        return max(record["induction_max"])
+    if key == "copy_token_gain":
+        return copy_token_gain(record)
+    return record[key]
+
+
 def plot_overlay(runs: dict[str, list[dict]], path: str | Path, x: str = "step", title: str = "") -> None:
-    """Several runs on one figure against `x` ("step" or "tokens"): val loss, copy gain, repeat
-    accuracy and the best head's induction score, one panel each."""
+    """Several runs on one figure against `x` ("step" or "tokens"): val loss, copy gain (exact and
+    token level), repeat accuracy and the best head's induction score, one panel each."""
     plt = pyplot()
 
-    panels = [("val_loss", "val loss"), ("copy_gain", "copy gain"), ("repeat_acc", "repeat acc"),
-              ("induction_best", "induction score (best head)")]
+    panels = [("val_loss", "val loss"), ("copy_gain", "copy gain"), ("copy_token_gain", "copy token gain"),
+              ("repeat_acc", "repeat acc"), ("induction_best", "induction score (best head)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), dpi=110)
     for name, records in runs.items():
         evals = [r for r in records if "copy_gain" in r]
         xs = [r[x] for r in evals]
         for ax, (key, _) in zip(axes, panels, strict=True):
-            ys = [max(r["induction_max"]) if key == "induction_best" else r[key] for r in evals]
+            ys = [overlay_value(r, key) for r in evals]
             ax.plot(xs, ys, lw=1.5, label=name)
     for ax, (_, label) in zip(axes, panels, strict=True):
         ax.set_xlabel("optimizer step" if x == "step" else x)

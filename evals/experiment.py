@@ -30,8 +30,10 @@ ROOT = Path(__file__).resolve().parents[1]
 # The axes of each preset: the preset's own recipe in the middle, a factor of ~3 (LR) or 2 (batch)
 # either side. All runs of one preset share the preset's schedule in steps.
 AXES = {
-    "tiny": {"lr": (1e-3, 3e-3, 1e-2), "batch_size": (2, 4, 8), "dropout": 0.1, "weight_decay": 0.1},
-    "paper-162m": {"lr": (2e-4, 6e-4, 1.8e-3), "batch_size": (16, 32, 64), "dropout": 0.1, "weight_decay": 0.1},
+    "tiny": {"lr": (1e-3, 3e-3, 1e-2), "batch_size": (2, 4, 8), "dropout": 0.1, "weight_decay": 0.1,
+             "n_layers": (3, 6)},
+    "paper-162m": {"lr": (2e-4, 6e-4, 1.8e-3), "batch_size": (16, 32, 64), "dropout": 0.1, "weight_decay": 0.1,
+                   "n_layers": (12, 24)},
 }
 
 
@@ -50,6 +52,10 @@ def experiments_for(axes: dict) -> dict[str, list[tuple[str, dict]]]:
             ("weight-decay", base),
             ("both", {**base, "dropout": axes["dropout"]}),
         ],
+        # shallow-to-deep needs several layers that can hold an induction head: tiny's 3 layers have one
+        # (layer 0 stays diffuse under RoPE, layer 1 holds the previous-token head; docs/TINY.md)
+        "depth": [(f"layers{n}", base if n == axes["n_layers"][0] else {**base, "n_layers": n})
+                  for n in axes["n_layers"]],
         # learning intensity: LR x batch size, every pair
         "intensity": [(f"lr{lr:g}-bs{b}", {**base, "lr": lr, "batch_size": b})
                       for lr in axes["lr"] for b in axes["batch_size"]],
@@ -59,7 +65,7 @@ def experiments_for(axes: dict) -> dict[str, list[tuple[str, dict]]]:
 EXPERIMENTS: dict[str, dict[str, list[tuple[str, dict]]]] = {p: experiments_for(a) for p, a in AXES.items()}
 
 
-SHORT = {"lr": "lr", "batch_size": "bs", "weight_decay": "wd", "dropout": "do"}
+SHORT = {"lr": "lr", "batch_size": "bs", "weight_decay": "wd", "dropout": "do", "n_layers": "L"}
 
 
 def run_name(overrides: dict) -> str:

@@ -5,8 +5,14 @@ All three read the eval records of a run's metrics.jsonl (records holding "copy_
   starts at the first eval i (steps[i]) after which the smoothed loss falls by less than
   `rel_drop` (a fraction of its value) over the next `window` evals. None if it never flattens
   within the records. It marks where the fast early loss drop ends and the slow phase begins.
-- copy onset step: the first eval at which copy gain (copy_acc - copy_control_acc) reaches half
-  of its maximum over the run (evals.curves.half_max_step); None when copy gain never exceeds 0.
+- copy onset step: the first eval at which copy gain (copy_acc - copy_control_acc, exact suffixes),
+  smoothed by a centred mean over `smooth` evals, reaches half of its maximum over the run; None
+  when that maximum stays below `min_gain` (a few cases of 200: a "maximum" that small is noise).
+  It depends on where the run stops: a run cut mid-surge has a smaller maximum, so an earlier onset.
+- copy surge step: the first eval at which the token-level copy gain (copy_token_acc -
+  copy_control_token_acc), smoothed the same way, reaches the fixed level `level` (0.1: about three
+  times its pre-surge value in the tiny runs). A fixed level compares runs of different lengths, and
+  token accuracy moves before exact 6-token suffixes do, so it is the less noisy of the two at CPU scale.
 - induction onset step of layer l: the first eval at which the best head of layer l has an
   induction score (repeated random tokens, evals.copying.repeat_metrics) >= `threshold`; None if
   it never does. 0.3 sits far above chance (about 1 / context) and below a formed head (> 0.8).
@@ -16,12 +22,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from evals.curves import half_max_step
+from evals.curves import copy_token_gain, half_max_step
 
 PLATEAU_SMOOTH = 3  # evals in the trailing mean
 PLATEAU_WINDOW = 5  # evals looked ahead
 PLATEAU_REL_DROP = 0.01  # less than 1% further drop over the window = plateau
 INDUCTION_THRESHOLD = 0.3
+COPY_SMOOTH = 3  # evals in the centred mean of the copy curves
+MIN_COPY_GAIN = 0.02  # 4 of the 200 copy cases
+COPY_SURGE_LEVEL = 0.1
 
 
 def eval_records(records: list[dict]) -> list[dict]:
@@ -48,28 +57,51 @@ def loss_plateau_step(steps: list[int], losses: list[float], *, smooth: int = PL
     return None
 
 
-def copy_onset_step(records: list[dict]) -> int | None:
-    """First eval step with copy gain >= half its run maximum."""
+def centred(values: list[float], smooth: int) -> np.ndarray:
+    """Centred mean over up to `smooth` values (fewer at the ends)."""
+    v = np.asarray(values, dtype=float)
+    c = np.concatenate([[0.0], np.cumsum(v)])
+    i = np.arange(len(v))
+    lo, hi = np.maximum(0, i - smooth // 2), np.minimum(len(v), i + smooth - smooth // 2)
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def copy_onset_step(records: list[dict], *, smooth: int = COPY_SMOOTH, min_gain: float = MIN_COPY_GAIN
+                    ) -> int | None:
+    """First eval step whose smoothed copy gain is >= half its run maximum (None: maximum < min_gain)."""
     evals = eval_records(records)
-    return half_max_step([r["step"] for r in evals], [r["copy_gain"] for r in evals])
+    gain = centred([r["copy_gain"] for r in evals], smooth)
+    if len(gain) == 0 or gain.max() < min_gain:
+        return None
+    return half_max_step([r["step"] for r in evals], gain.tolist())
 
 
-def induction_onset_steps(records: list[dict], threshold: float = INDUCTION_THRESHOLD) -> list[int | None]:
-    """Per layer: the first eval step whose best-head induction score is >= `threshold`."""
+def copy_surge_step(records: list[dict], *, level: float = COPY_SURGE_LEVEL, smooth: int = COPY_SMOOTH
+                    ) -> int | None:
+    """First eval step whose smoothed token-level copy gain is >= `level`."""
+    evals = eval_records(records)
+    gain = centred([copy_token_gain(r) for r in evals], smooth)
+    return next((r["step"] for r, g in zip(evals, gain, strict=True) if g >= level), None)
+
+
+def induction_onset_steps(records: list[dict], threshold: float = INDUCTION_THRESHOLD, key: str = "induction_max"
+                          ) -> list[int | None]:
+    """Per layer: the first eval step whose best-head score (`key`: induction_max by default) is >= `threshold`."""
     evals = eval_records(records)
     if not evals:
         return []
     onsets: list[int | None] = []
-    for layer in range(len(evals[0]["induction_max"])):
-        onsets.append(next((r["step"] for r in evals if r["induction_max"][layer] >= threshold), None))
+    for layer in range(len(evals[0][key])):
+        onsets.append(next((r["step"] for r in evals if r[key][layer] >= threshold), None))
     return onsets
 
 
 def run_onsets(records: list[dict], threshold: float = INDUCTION_THRESHOLD) -> dict:
-    """{"plateau": step, "copy_onset": step, "induction_onsets": [step per layer]} (None: not reached)."""
+    """{"plateau", "copy_onset", "copy_surge": step, "induction_onsets": [step per layer]} (None: not reached)."""
     evals = eval_records(records)
     return {
         "plateau": loss_plateau_step([r["step"] for r in evals], [r["val_loss"] for r in evals]),
         "copy_onset": copy_onset_step(records),
+        "copy_surge": copy_surge_step(records),
         "induction_onsets": induction_onset_steps(records, threshold),
     }

@@ -3,10 +3,10 @@
     python -m evals.report runs/experiments/lr/* --out reports/lr
 
 Writes to OUT:
-- <run>-curves.png: val loss and copy accuracy / gain against steps on twin axes, the loss
-  plateau and the copy onset marked (definitions in evals/onsets.py);
-- <run>-induction.png: layer x step heatmap of the induction score (best head of each layer),
-  each layer's induction onset marked;
+- <run>-curves.png: val loss and copy accuracy / gains against steps on twin axes, the loss
+  plateau, copy onset and copy surge marked (definitions in evals/onsets.py);
+- <run>-layers.png: layer x step heatmaps of the best head's induction score (each layer's
+  induction onset marked) and, when logged, previous-token and prefix-matching scores;
 - overlay-steps.png, overlay-tokens.png: every run on one figure (evals.curves.plot_overlay);
 - onset-vs-lr.png (when the runs have more than one LR): copy onset step, and LR x onset step,
   against LR, one line per batch size;
@@ -21,8 +21,13 @@ import json
 import sys
 from pathlib import Path
 
-from evals.curves import plot_overlay, pyplot, read_metrics
-from evals.onsets import INDUCTION_THRESHOLD, eval_records, run_onsets
+from evals.curves import copy_token_gain, plot_overlay, pyplot, read_metrics
+from evals.onsets import COPY_SURGE_LEVEL, INDUCTION_THRESHOLD, eval_records, run_onsets
+
+# the layer x step panels of <run>-layers.png, drawn when the records have the key
+LAYER_SCORES = (("induction_max", "induction (repeated random tokens)"),
+                ("previous_token_max", "previous token (val text)"),
+                ("prefix_matching_max", "prefix matching (val text)"))
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
@@ -43,12 +48,17 @@ def plot_run(records: list[dict], onsets: dict, path: Path, title: str) -> None:
     right = ax.twinx()
     right.plot(steps, [r["copy_acc"] for r in evals], color="tab:red", lw=2, label="copy acc")
     right.plot(steps, [r["copy_gain"] for r in evals], color="tab:red", lw=1, ls="--", label="copy gain")
-    right.set_ylim(-0.05, 1.05)
-    right.set_ylabel("copy accuracy", color="tab:red")
-    for key, label, color in (("plateau", "loss plateau", "tab:blue"), ("copy_onset", "copy onset", "tab:red")):
+    token_gain = [copy_token_gain(r) for r in evals]
+    right.plot(steps, token_gain, color="tab:orange", lw=1.5, label="copy token gain")
+    top = max(0.3, *token_gain, *[r["copy_acc"] for r in evals])
+    right.set_ylim(-0.05 * top, 1.1 * top)
+    right.set_ylabel("copy accuracy / gain", color="tab:red")
+    marks = (("plateau", "loss plateau", "tab:blue", 0.97), ("copy_onset", "copy onset", "tab:red", 0.8),
+             ("copy_surge", "copy surge", "tab:orange", 0.63))
+    for key, label, color, height in marks:
         if onsets[key] is not None:
             ax.axvline(onsets[key], color=color, ls=":", lw=1.2)
-            ax.annotate(f"{label}\nstep {onsets[key]}", (onsets[key], 0.95), xycoords=("data", "axes fraction"),
+            ax.annotate(f"{label}\nstep {onsets[key]}", (onsets[key], height), xycoords=("data", "axes fraction"),
                         fontsize=8, ha="left", va="top", color=color)
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     labels = ax.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
@@ -59,26 +69,34 @@ def plot_run(records: list[dict], onsets: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
-def plot_induction_heatmap(records: list[dict], onsets: list[int | None], path: Path, title: str) -> None:
-    """Layers (rows) x eval steps (columns): the best head's induction score; onsets as white ticks."""
+def plot_layer_heatmaps(records: list[dict], onsets: list[int | None], path: Path, title: str) -> None:
+    """One panel per score in LAYER_SCORES: layers (rows) x eval steps (columns), the best head's
+    score; the induction onsets as white ticks on the induction panel."""
     plt = pyplot()
     evals = eval_records(records)
     steps = [r["step"] for r in evals]
-    grid = [[r["induction_max"][layer] for r in evals] for layer in range(len(onsets))]
-    fig, ax = plt.subplots(figsize=(8, 1.2 + 0.5 * len(onsets)), dpi=110)
+    panels = [(key, label) for key, label in LAYER_SCORES if key in evals[0]]
+    layers = len(evals[0]["induction_max"])
     # each column spans half-way to its neighbours, so uneven eval spacing is drawn truthfully
     edges = [steps[0] - (steps[1] - steps[0]) / 2 if len(steps) > 1 else steps[0] - 0.5]
     edges += [(a + b) / 2 for a, b in zip(steps[:-1], steps[1:], strict=True)]
     edges += [steps[-1] + (steps[-1] - steps[-2]) / 2 if len(steps) > 1 else steps[0] + 0.5]
-    mesh = ax.pcolormesh(edges, range(len(onsets) + 1), grid, vmin=0, vmax=1, cmap="viridis")
-    for layer, onset in enumerate(onsets):
-        if onset is not None:
-            ax.plot([onset, onset], [layer, layer + 1], color="white", lw=2)
-            ax.annotate(f"{onset}", (onset, layer + 0.5), color="white", fontsize=8, ha="left", va="center")
-    ax.set_yticks([i + 0.5 for i in range(len(onsets))], [f"layer {i}" for i in range(len(onsets))])
-    ax.set_xlabel("optimizer step")
-    fig.colorbar(mesh, ax=ax, label="induction score (best head)")
-    ax.set_title(title)
+    fig, axes = plt.subplots(len(panels), 1, figsize=(8, 0.9 + (0.4 * layers + 0.6) * len(panels)), dpi=110,
+                             sharex=True, squeeze=False)
+    for ax, (key, label) in zip(axes[:, 0], panels, strict=True):
+        grid = [[r[key][layer] for r in evals] for layer in range(layers)]
+        mesh = ax.pcolormesh(edges, range(layers + 1), grid, vmin=0, vmax=1, cmap="viridis")
+        ax.set_yticks([i + 0.5 for i in range(layers)], [f"layer {i}" for i in range(layers)], fontsize=8)
+        ax.set_title(label, fontsize=9)
+        fig.colorbar(mesh, ax=ax, label="best head", pad=0.01)
+        if key != "induction_max":
+            continue
+        for layer, onset in enumerate(onsets):
+            if onset is not None:
+                ax.plot([onset, onset], [layer, layer + 1], color="white", lw=2)
+                ax.annotate(f"{onset}", (onset, layer + 0.5), color="white", fontsize=8, ha="left", va="center")
+    axes[-1, 0].set_xlabel("optimizer step")
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -145,12 +163,13 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
         onsets = run_onsets(records, threshold)
         runs[name] = records
         plot_run(records, onsets, out / f"{name}-curves.png", name)
-        plot_induction_heatmap(records, onsets["induction_onsets"], out / f"{name}-induction.png", name)
+        plot_layer_heatmaps(records, onsets["induction_onsets"], out / f"{name}-layers.png", name)
         last = evals[-1]
         rows.append({"name": name, "lr": config["lr"], "batch": config["batch_size"] * config.get("grad_accum", 1)
                      * config.get("world_size", 1), "weight_decay": config["weight_decay"],
                      "dropout": config["model"]["dropout"], "step": last["step"], "val_loss": last["val_loss"],
-                     "copy_acc": last["copy_acc"], "copy_gain": last["copy_gain"], **onsets})
+                     "copy_acc": last["copy_acc"], "copy_gain": last["copy_gain"],
+                     "copy_token_gain": copy_token_gain(last), **onsets})
     if not rows:
         raise ValueError("none of the run directories has eval records")
     plot_overlay(runs, out / "overlay-steps.png", x="step")
@@ -166,23 +185,25 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
     lines = [
         "# Run report", "",
         "Onsets in optimizer steps (definitions: evals/onsets.py). Loss plateau: first eval after which the "
-        "smoothed val loss falls by less than 1% over the next 5 evals. Copy onset: first eval with copy gain "
-        f">= half its maximum. Induction onset: first eval whose best head in that layer scores >= {threshold}. "
-        "'-': not reached.", "",
-        "| run | LR | batch (global) | wd | dropout | last step | val loss | copy acc | copy gain "
-        "| loss plateau | copy onset | induction onset per layer |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "smoothed val loss falls by less than 1% over the next 5 evals. Copy onset: first eval whose smoothed "
+        "copy gain (exact suffixes) is >= half its maximum in the run. Copy surge: first eval whose smoothed "
+        f"token-level copy gain is >= {COPY_SURGE_LEVEL}. Induction onset: first eval whose best head in that "
+        f"layer scores >= {threshold}. '-': not reached.", "",
+        "| run | LR | batch (global) | wd | dropout | last step | val loss | copy acc | copy gain | token gain "
+        "| loss plateau | copy onset | copy surge | induction onset per layer |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         layers = ", ".join(_fmt(s) for s in r["induction_onsets"])
         lines.append(f"| {r['name']} | {r['lr']:g} | {r['batch']} | {r['weight_decay']:g} | {r['dropout']:g} "
                      f"| {r['step']} | {r['val_loss']:.3f} | {r['copy_acc']:.2f} | {r['copy_gain']:+.2f} "
-                     f"| {_fmt(r['plateau'])} | {_fmt(r['copy_onset'])} | {layers} |")
+                     f"| {r['copy_token_gain']:+.2f} | {_fmt(r['plateau'])} | {_fmt(r['copy_onset'])} "
+                     f"| {_fmt(r['copy_surge'])} | {layers} |")
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     for r in rows:
         lines += ["", f"### {r['name']}", "", f"![curves]({r['name']}-curves.png)",
-                  f"![induction]({r['name']}-induction.png)"]
+                  f"![layers]({r['name']}-layers.png)"]
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n")
     return path

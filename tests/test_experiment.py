@@ -9,7 +9,7 @@ from tests.test_train import SMALL
 
 def test_every_preset_has_every_experiment():
     for grid in experiment.EXPERIMENTS.values():
-        assert set(grid) == {"baseline", "batch-size", "lr", "regularization", "intensity"}
+        assert set(grid) == {"baseline", "batch-size", "lr", "regularization", "depth", "intensity"}
         assert len(grid["batch-size"]) == len(grid["lr"]) == 3 and len(grid["regularization"]) == 4
         assert len(grid["intensity"]) == 9
         for runs in grid.values():
@@ -30,7 +30,8 @@ def test_runs_shared_between_experiments_train_once(tmp_path, capsys):
     """The baseline is in four experiments and the intensity grid holds the lr and batch-size runs."""
     assert experiment.main(["all", "--out", str(tmp_path), "--dry-run"]) == 0
     commands = capsys.readouterr().out.splitlines()
-    assert len(commands) == len(set(commands)) == 12  # 1 + 2 (batch) + 2 (lr) + 3 (regularization) + 4 (intensity)
+    # 1 + 2 (batch) + 2 (lr) + 3 (regularization) + 1 (depth) + 4 (intensity)
+    assert len(commands) == len(set(commands)) == 13
     assert experiment.run_name({"lr": 0.003, "batch_size": 4, "weight_decay": 0.1, "dropout": 0.0}) == \
         "lr0.003-bs4-wd0.1-do0"
 

@@ -29,10 +29,23 @@ def test_report_writes_figures_and_onsets(tmp_path):
     out = tmp_path / "report"
     assert report.main([*map(str, runs), "--out", str(out)]) == 0
     for name in ("overlay-steps", "overlay-tokens", "onset-vs-lr", "onset-lr-batch",
-                 "lr0.001-bs4-curves", "lr0.003-bs4-induction"):
+                 "lr0.001-bs4-curves", "lr0.003-bs4-layers"):
         assert (out / f"{name}.png").stat().st_size > 5_000, name
     text = (out / "report.md").read_text()
-    # copy onset 3000 + shift; layer 1 reaches the 0.3 threshold there too (0.9 * 0.5), layer 0 never
-    assert "| lr0.003-bs4 | 0.003 | 4 | 0.1 | 0 | 6000 | 2.200 | 0.85 | +0.80 | 1200 | 3000 | -, 3000 |" in text
-    assert "| 4000 | -, 4000 |" in text and "| 3500 | -, 3500 |" in text
+    # copy onset 3000 + shift; layer 1 reaches the 0.3 threshold there too (0.9 * 0.5), layer 0 never;
+    # the token gain is not shifted (the fake runs shift exact copy gain and induction only): surge 2900
+    assert ("| lr0.003-bs4 | 0.003 | 4 | 0.1 | 0 | 6000 | 2.200 | 0.85 | +0.80 | +0.50 | 1200 | 3000 | 2900 "
+            "| -, 3000 |") in text
+    assert "| 4000 | 2900 | -, 4000 |" in text and "| 3500 | 2900 | -, 3500 |" in text
     assert "![onset-lr-batch.png](onset-lr-batch.png)" in text
+
+
+def test_layer_heatmaps_draw_the_scores_a_run_logged(tmp_path):
+    """Runs from before previous-token / prefix-matching logging get the induction panel only."""
+    from matplotlib.image import imread
+
+    records = report.eval_records(synthetic_records())
+    report.plot_layer_heatmaps(records, [None, 3000], tmp_path / "three.png", "three panels")
+    old = [{k: v for k, v in r.items() if k not in ("previous_token_max", "prefix_matching_max")} for r in records]
+    report.plot_layer_heatmaps(old, [None, 3000], tmp_path / "one.png", "one panel")
+    assert imread(tmp_path / "three.png").shape[0] > 2 * imread(tmp_path / "one.png").shape[0]

@@ -132,6 +132,10 @@ def test_two_process_run_keeps_ranks_identical(corpus, tmp_path, sharding):
     assert len(digests) == 2 and digests[0] == digests[1]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["tokens"] == 12 * 4 * 64 * 2 * 2  # steps x batch x seq x accum x ranks
+    n_layers, n_heads = 1, 2  # SMALL
+    for key in ("induction", "previous_token", "prefix_matching"):  # every eval logs the three scores
+        assert len(records[-1][key]) == n_layers and len(records[-1][key][0]) == n_heads, key
+        assert len(records[-1][f"{key}_max"]) == n_layers and 0 <= min(records[-1][f"{key}_max"]) <= 1, key
     ckpt = final_state(out)
     assert len(ckpt["sampler"]) == 2 and ckpt["sampler"][0]["rank"] == 0 and ckpt["sampler"][1]["rank"] == 1
 
