@@ -47,7 +47,7 @@ from evals.curves import plot_curves, read_metrics, run_summary
 from evals.scores import text_scores
 from evals.tensorboard import TensorBoardLog, tensorboard_available
 from model import PRESETS, Llama, LlamaConfig
-from model.checkpoint import checkpoint_path, list_checkpoints, save_atomically
+from model.checkpoint import RunDirInUse, checkpoint_path, list_checkpoints, lock_run_dir, save_atomically
 from model.hf import load_hf_weights, model_shape_from_hf, read_hf_config
 
 MODEL_FIELDS = {f.name for f in fields(LlamaConfig)}
@@ -356,6 +356,11 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
 
     # --- run directory and resume
     run_dir = Path(cfg.out or f"runs/{cfg.preset}")
+    if master:  # held until this process ends; a second trainer on the same --out stops here
+        try:
+            run_dir_lock = lock_run_dir(run_dir)  # noqa: F841 (the open file is the lock)
+        except RunDirInUse as e:
+            raise ConfigError(f"--out {e}: wait for it to finish or choose another --out") from None
     checkpoints = list_checkpoints(run_dir)
     resume = torch.load(checkpoints[-1], map_location="cpu", weights_only=False) if checkpoints else None
     if resume is not None and model_shape(resume["model_config"]) != model_shape(model_cfg.to_dict()):

@@ -8,7 +8,8 @@ An experiment is data: EXPERIMENTS[preset][name] is a list of (label, axis value
 its axis values (lr0.003-bs4-wd0.1-do0) and lives once in OUT/runs/<run name>; OUT/NAME/<label> is a
 symlink to it, so the baseline trains once although four experiments contain it, and
 `python -m evals.report OUT/NAME/*` reads an experiment. Re-running a command resumes: a run with
-final.json is skipped and an unfinished one resumes from its latest checkpoint (train.py does that).
+final.json is skipped, one that another process is training is skipped (train.py locks its run
+directory), and an unfinished one resumes from its latest checkpoint (train.py does that).
 Every run gets `--min-lr -1` (a cosine floor of a tenth of its own LR). `--extra "FLAGS"` adds
 train.py flags to every run, before the axis values (which win); `--max-steps N` shortens every run.
 `--jobs N` runs N at once, each with OMP_NUM_THREADS = cores / N unless the environment sets it,
@@ -24,6 +25,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from model.checkpoint import run_dir_in_use
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -169,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     for run_dir, cmd in commands.values():
         if (run_dir / "final.json").is_file():
             print(f"skip {run_dir} (finished: final.json)", flush=True)
+            continue
+        if run_dir_in_use(run_dir):  # another runner (or a train.py by hand) is on it: leave it be
+            print(f"skip {run_dir} (in use by another training process)", flush=True)
             continue
         print(shlex.join(cmd), flush=True)
         todo.append((run_dir, cmd))

@@ -6,9 +6,11 @@ scheduler, step, each rank's data-sampler state and RNG states, and the resolved
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -35,6 +37,43 @@ def list_checkpoints(run_dir: str | os.PathLike) -> list[Path]:
         if m:
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
+
+
+class RunDirInUse(RuntimeError):
+    """Another process is training into this run directory."""
+
+
+def lock_run_dir(run_dir: str | os.PathLike) -> IO:
+    """Lock `run_dir` (created if missing) for this process: two trainers writing one run directory
+    would interleave metrics and overwrite each other's checkpoints. The lock is an flock on
+    <run dir>/.lock, so the kernel drops it when the process ends, kill -9 included. Keep the
+    returned file open for as long as the lock should hold. Raises RunDirInUse."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    handle = open(run_dir / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise RunDirInUse(f"{run_dir} is in use by another training process (pid {holder})") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
+def run_dir_in_use(run_dir: str | os.PathLike) -> bool:
+    """Whether some process holds `run_dir`'s lock (see lock_run_dir); a missing directory is not in use."""
+    if not (Path(run_dir) / ".lock").is_file():
+        return False
+    try:
+        lock_run_dir(run_dir).close()  # closing the file releases the lock we just took
+    except RunDirInUse:
+        return True
+    return False
 
 
 def save_atomically(obj: dict, path: Path) -> None:

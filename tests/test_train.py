@@ -179,6 +179,21 @@ def test_config_file_and_its_errors(corpus, tmp_path, capsys):
     assert code == 2 and "not a prepared corpus" in err
 
 
+def test_a_second_trainer_on_the_same_out_stops(corpus, tmp_path, capsys):
+    from model.checkpoint import lock_run_dir, run_dir_in_use
+
+    out = tmp_path / "busy"
+    lock = lock_run_dir(out)  # stands in for a train.py already running there
+    assert run_dir_in_use(out)
+    code, err = run_main([*SMALL, "--data", str(corpus), "--max-steps", "2", "--out", str(out)], capsys)
+    assert code == 2 and f"--out {out} is in use by another training process (pid {os.getpid()})" in err
+    assert not (out / "metrics.jsonl").exists()
+    lock.close()  # the process ended: the next trainer runs
+    assert not run_dir_in_use(out)
+    code, err = run_main([*SMALL, "--data", str(corpus), "--max-steps", "2", "--out", str(out)], capsys)
+    assert code == 0, err
+
+
 def test_negative_min_lr_means_a_tenth_of_lr():
     cfg, _ = train.parse_args(["--lr", "2e-3", "--min-lr", "-1"])
     assert cfg.min_lr == pytest.approx(2e-4)
