@@ -10,8 +10,10 @@ symlink to it, so the baseline trains once although four experiments contain it,
 `python -m evals.report OUT/NAME/*` reads an experiment. Re-running a command resumes: a run with
 final.json is skipped, one that another process is training is skipped (train.py locks its run
 directory), and an unfinished one resumes from its latest checkpoint (train.py does that).
-Every run gets `--min-lr -1` (a cosine floor of a tenth of its own LR). `--extra "FLAGS"` adds
-train.py flags to every run, before the axis values (which win); `--max-steps N` shortens every run.
+Every run gets `--min-lr -1` (a cosine floor of a tenth of its own LR). `--max-steps N` shortens
+every run, and the runs are then named <run name>-stepsN. `--extra "FLAGS"` adds train.py flags to
+every run, before the axis values (which win); it is not part of a run's name, so a different
+--extra wants a different --out.
 `--jobs N` runs N at once, each with OMP_NUM_THREADS = cores / N unless the environment sets it,
 and its output in OUT/logs/<run name>.log.
 """
@@ -162,7 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     commands: dict[str, tuple[Path, list[str]]] = {}  # run name -> command, each run once
     for name in names:
         for label, overrides in grid[name]:
-            run_dir = out / "runs" / run_name(overrides)
+            # a shortened run is another run: a smoke test must not pass for the full one later
+            run_dir = out / "runs" / (run_name(overrides) + (f"-steps{args.max_steps}" if args.max_steps else ""))
             if not args.dry_run:
                 link(out / name / label, run_dir)
             commands[run_dir.name] = (run_dir, run_command(run_dir, args.preset, overrides,
