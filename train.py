@@ -44,7 +44,7 @@ from data import TokenDataset, WindowSampler
 from data.prepare import ensure_default_corpus
 from evals.copying import copy_metrics, load_or_make_copy_cases, make_repeat_batch, repeat_metrics
 from evals.curves import plot_curves, read_metrics, run_summary
-from evals.scores import text_scores
+from evals.scores import batch_text_scores, text_scores, text_targets
 from evals.tensorboard import TensorBoardLog, tensorboard_available
 from model import PRESETS, Llama, LlamaConfig
 from model.checkpoint import RunDirInUse, checkpoint_path, list_checkpoints, lock_run_dir, save_atomically
@@ -79,6 +79,10 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10
     eval_every: int = 500
+    # every N steps (0: never) the training forward also returns the previous-token and
+    # prefix-matching mass of rank 0's batch (the attention-stats path: the Triton kernel on
+    # attention=triton, else the torch reference, the same math in other rounding)
+    train_stats_every: int = 0
     ckpt_every: int = 1000
     keep_ckpts: int = 3
     device: str = "auto"  # auto | cpu | cuda
@@ -191,6 +195,7 @@ def validate(cfg: TrainConfig, model_cfg: LlamaConfig) -> None:
         ("grad_clip", cfg.grad_clip >= 0, "must be >= 0 (0: no clipping)"),
         ("log_every", cfg.log_every >= 1, "must be >= 1"),
         ("eval_every", cfg.eval_every >= 0, "must be >= 0 (0: no evals)"),
+        ("train_stats_every", cfg.train_stats_every >= 0, "must be >= 0 (0: never)"),
         ("ckpt_every", cfg.ckpt_every >= 0, "must be >= 0 (0: only at the end and on a signal)"),
         ("keep_ckpts", cfg.keep_ckpts >= 1, "must be >= 1"),
         ("device", cfg.device in ("auto", "cpu", "cuda"), "must be auto, cpu or cuda"),
@@ -477,11 +482,17 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
         for group in optimizer.param_groups:
             group["lr"] = lr
         loss_sum = torch.zeros((), device=device)
+        train_stats = None
         for micro in range(cfg.grad_accum):
             batch = torch.as_tensor(sampler.next_batch(cfg.batch_size), device=device)
             sync = micro == cfg.grad_accum - 1 or world == 1 or cfg.fsdp
             with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast:
-                logits = train_model(batch[:, :-1])
+                if micro == 0 and cfg.train_stats_every and (step + 1) % cfg.train_stats_every == 0:
+                    targets = text_targets(batch[:, :-1])
+                    logits, stats = train_model(batch[:, :-1], attention_targets=targets)
+                    train_stats = batch_text_scores(stats, targets)
+                else:
+                    logits = train_model(batch[:, :-1])
                 loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
                 (loss / cfg.grad_accum).backward()
             loss_sum += loss.detach()
@@ -510,6 +521,9 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
                       "grad_norm": float(grad_norm), "tokens_per_s": interval * tokens_per_step / (now - t_last),
                       "elapsed_s": now - t_start}
             t_last = now
+        if train_stats is not None:
+            record = {**(record or {"step": step, "tokens": step * tokens_per_step, "loss": step_loss}),
+                      **train_stats}
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             record = {**(record or {"step": step, "tokens": step * tokens_per_step, "loss": step_loss}),
                       **evaluate()}

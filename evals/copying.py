@@ -166,16 +166,17 @@ def second_copy_targets(seq_len: int, periods: torch.Tensor) -> torch.Tensor:
     return torch.where(second, t - L + 1, -1)[..., None]
 
 
-def sequence_target_mass(stats: list, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def sequence_target_mass(stats: list, targets: torch.Tensor, k: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-sequence head scores from a forward pass's AttentionStats (one per layer).
 
-    targets: int64 [B, T, 1] (-1: the query has no target). Returns (mass fp32 [layers, B, heads]:
-    the attention probability on the target key, averaged over the queries of each sequence that
-    have one; has fp32 [B]: 1 where the sequence has any such query, else 0 and its mass is 0).
+    targets: int64 [B, T, K] (-1: the query has no target); `k` picks the target column scored.
+    Returns (mass fp32 [layers, B, heads]: the attention probability on the target key, averaged
+    over the queries of each sequence that have one; has fp32 [B]: 1 where the sequence has any
+    such query, else 0 and its mass is 0).
     """
-    has_target = (targets[..., 0] >= 0).float()  # [B, T]
+    has_target = (targets[..., k] >= 0).float()  # [B, T]
     counted = has_target.sum(-1)  # [B]
-    mass = torch.stack([(s.target_mass[..., 0].float() * has_target[:, None]).sum(-1) for s in stats])
+    mass = torch.stack([(s.target_mass[..., k].float() * has_target[:, None]).sum(-1) for s in stats])
     return mass / counted.clamp(min=1)[None, :, None], (counted > 0).float()
 
 

@@ -27,7 +27,9 @@ from evals.onsets import COPY_SURGE_LEVEL, INDUCTION_THRESHOLD, eval_records, ru
 # the layer x step panels of <run>-layers.png, drawn when the records have the key
 LAYER_SCORES = (("induction_max", "induction (repeated random tokens)"),
                 ("previous_token_max", "previous token (val text)"),
-                ("prefix_matching_max", "prefix matching (val text)"))
+                ("prefix_matching_max", "prefix matching (val text)"),
+                ("train_previous_token_max", "previous token (training batches, --train-stats-every)"),
+                ("train_prefix_matching_max", "prefix matching (training batches, --train-stats-every)"))
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
@@ -69,23 +71,28 @@ def plot_run(records: list[dict], onsets: dict, path: Path, title: str) -> None:
     plt.close(fig)
 
 
+def column_edges(steps: list[int]) -> list[float]:
+    """Cell edges for columns at `steps`: each spans half-way to its neighbours, so uneven spacing
+    is drawn truthfully."""
+    if len(steps) == 1:
+        return [steps[0] - 0.5, steps[0] + 0.5]
+    middles = [(a + b) / 2 for a, b in zip(steps[:-1], steps[1:], strict=True)]
+    return [steps[0] - (steps[1] - steps[0]) / 2, *middles, steps[-1] + (steps[-1] - steps[-2]) / 2]
+
+
 def plot_layer_heatmaps(records: list[dict], onsets: list[int | None], path: Path, title: str) -> None:
-    """One panel per score in LAYER_SCORES: layers (rows) x eval steps (columns), the best head's
-    score; the induction onsets as white ticks on the induction panel."""
+    """One panel per score of LAYER_SCORES the records hold: layers (rows) x steps (columns), the
+    best head's score; the induction onsets as white ticks on the induction panel."""
     plt = pyplot()
-    evals = eval_records(records)
-    steps = [r["step"] for r in evals]
-    panels = [(key, label) for key, label in LAYER_SCORES if key in evals[0]]
-    layers = len(evals[0]["induction_max"])
-    # each column spans half-way to its neighbours, so uneven eval spacing is drawn truthfully
-    edges = [steps[0] - (steps[1] - steps[0]) / 2 if len(steps) > 1 else steps[0] - 0.5]
-    edges += [(a + b) / 2 for a, b in zip(steps[:-1], steps[1:], strict=True)]
-    edges += [steps[-1] + (steps[-1] - steps[-2]) / 2 if len(steps) > 1 else steps[0] + 0.5]
+    panels = [(key, label, [r for r in records if key in r]) for key, label in LAYER_SCORES]
+    panels = [p for p in panels if p[2]]
+    layers = len(panels[0][2][0][panels[0][0]])
     fig, axes = plt.subplots(len(panels), 1, figsize=(8, 0.9 + (0.4 * layers + 0.6) * len(panels)), dpi=110,
                              sharex=True, squeeze=False)
-    for ax, (key, label) in zip(axes[:, 0], panels, strict=True):
-        grid = [[r[key][layer] for r in evals] for layer in range(layers)]
-        mesh = ax.pcolormesh(edges, range(layers + 1), grid, vmin=0, vmax=1, cmap="viridis")
+    for ax, (key, label, rows) in zip(axes[:, 0], panels, strict=True):
+        grid = [[r[key][layer] for r in rows] for layer in range(layers)]
+        mesh = ax.pcolormesh(column_edges([r["step"] for r in rows]), range(layers + 1), grid, vmin=0, vmax=1,
+                             cmap="viridis")
         ax.set_yticks([i + 0.5 for i in range(layers)], [f"layer {i}" for i in range(layers)], fontsize=8)
         ax.set_title(label, fontsize=9)
         fig.colorbar(mesh, ax=ax, label="best head", pad=0.01)

@@ -67,6 +67,28 @@ def text_scores(model, text_tokens: torch.Tensor, device) -> dict:
                      "prefix_matching": prefix_matching_scores(model, text_tokens, device)})
 
 
+TEXT_SCORES = ("previous_token", "prefix_matching")  # the target columns of text_targets, in order
+
+
+def text_targets(tokens: torch.Tensor) -> torch.Tensor:
+    """Both text scores' targets for one forward: int64 [B, T, 2] (TEXT_SCORES order) on tokens' device."""
+    return torch.cat([previous_token_targets(*tokens.shape, device=tokens.device), induction_targets(tokens)], -1)
+
+
+def batch_text_scores(stats: list, targets: torch.Tensor, prefix: str = "train_") -> dict:
+    """Best head per layer of each text score, from one forward's AttentionStats with text_targets.
+
+    Returns {f"{prefix}previous_token_max": [layers], f"{prefix}prefix_matching_max": [layers]},
+    means over this batch's sequences (those with no scored query left out).
+    """
+    out = {}
+    for k, name in enumerate(TEXT_SCORES):
+        mass, has = sequence_target_mass(stats, targets, k)  # [layers, B, heads], [B]
+        mean = (mass * has[None, :, None]).sum(1) / has.sum().clamp(min=1)
+        out[f"{prefix}{name}_max"] = mean.max(-1).values.tolist()
+    return out
+
+
 def attention_scores(model, text_tokens: torch.Tensor, vocab_size: int, device, *, low: int = 0) -> dict:
     """All three scores as lists [layers][heads], with the best head per layer for each.
 

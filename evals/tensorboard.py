@@ -5,8 +5,9 @@ metrics.jsonl, so the two hold the same numbers (TensorBoard stores scalars as f
 `tensorboard` package (the `tb` extra); view with `tensorboard --logdir RUN_DIR/tb`.
 
 Tags: train/{loss,lr,grad_norm,tokens_per_s,tokens,elapsed_s}, eval/{val_loss,repeat_acc},
-copy/{copy_acc,copy_gain,...}, induction_max/layer_N (best head per layer), and at each eval the
-image induction/heads: the layer x head matrix of induction scores.
+copy/{copy_acc,copy_gain,...}, <score>_max/layer_N (best head per layer of induction_max,
+previous_token_max, prefix_matching_max and the train_* scores), and at each eval the image
+induction/heads: the layer x head matrix of induction scores.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ def scalar_tags(record: dict) -> dict[str, float]:
     """The scalars of one metrics record, by TensorBoard tag (`step` is the x axis, not a scalar)."""
     scalars = {}
     for key, value in record.items():
-        if key == "induction_max":
-            scalars.update({f"induction_max/layer_{i}": float(v) for i, v in enumerate(value)})
+        if key.endswith("_max") and isinstance(value, list):  # best head per layer of a score
+            scalars.update({f"{key}/layer_{i}": float(v) for i, v in enumerate(value)})
         elif key != "step" and isinstance(value, int | float):
             group = "copy" if key.startswith("copy_") else "eval" if key in EVAL_KEYS else "train"
             scalars[f"{group}/{key}"] = float(value)

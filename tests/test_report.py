@@ -41,7 +41,8 @@ def test_report_writes_figures_and_onsets(tmp_path):
 
 
 def test_layer_heatmaps_draw_the_scores_a_run_logged(tmp_path):
-    """Runs from before previous-token / prefix-matching logging get the induction panel only."""
+    """Runs from before previous-token / prefix-matching logging get the induction panel only; runs
+    with --train-stats-every get two more panels, from their own (non-eval) records."""
     from matplotlib.image import imread
 
     records = report.eval_records(synthetic_records())
@@ -49,3 +50,7 @@ def test_layer_heatmaps_draw_the_scores_a_run_logged(tmp_path):
     old = [{k: v for k, v in r.items() if k not in ("previous_token_max", "prefix_matching_max")} for r in records]
     report.plot_layer_heatmaps(old, [None, 3000], tmp_path / "one.png", "one panel")
     assert imread(tmp_path / "three.png").shape[0] > 2 * imread(tmp_path / "one.png").shape[0]
+    train = [{"step": s, "train_previous_token_max": [0.1, 0.9], "train_prefix_matching_max": [0.0, 0.5]}
+             for s in range(10, 6000, 40)]
+    report.plot_layer_heatmaps(records + train, [None, 3000], tmp_path / "five.png", "five panels")
+    assert imread(tmp_path / "five.png").shape[0] > imread(tmp_path / "three.png").shape[0] * 1.4

@@ -86,3 +86,20 @@ def test_triton_stats_kernel_matches_torch_reference(monkeypatch):
     b = induction_scores(kernel, VOCAB, T, "cpu", n=4)
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert len(calls) == 3 * 2, "the kernel path ran: 3 scores x 2 layers, one batch each"
+
+
+def test_training_forward_scores_equal_the_eval_scores():
+    """batch_text_scores (one forward with both text targets, as train.py's --train-stats-every
+    does) gives the best-head previous-token and prefix-matching mass of text_scores."""
+    from evals.scores import batch_text_scores, text_scores, text_targets
+
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=17, n_layers=2, n_heads=2, d_model=16, d_mlp=32, context=40)).eval()
+    tokens = torch.randint(0, 17, (3, 40))  # a small vocab: many earlier occurrences to match
+    targets = text_targets(tokens)
+    with torch.no_grad():
+        _, stats = model(tokens, attention_targets=targets)
+    train = batch_text_scores(stats, targets)
+    reference = text_scores(model, tokens, "cpu")
+    for name in ("previous_token", "prefix_matching"):
+        assert np.allclose(train[f"train_{name}_max"], reference[f"{name}_max"], atol=1e-6), name

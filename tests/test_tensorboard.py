@@ -23,7 +23,7 @@ def read_events(log_dir) -> EventAccumulator:
 def test_event_files_hold_the_metrics_jsonl_numbers(corpus, tmp_path):
     out = tmp_path / "run"
     proc = run_train([*SMALL, "--data", str(corpus), "--max-steps", "6", "--eval-every", "3", "--out", str(out),
-                      "--tensorboard"])
+                      "--tensorboard", "--train-stats-every", "2"])
     assert proc.returncode == 0, proc.stderr
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     expected: dict[str, list[tuple[int, float]]] = {}
@@ -32,7 +32,9 @@ def test_event_files_hold_the_metrics_jsonl_numbers(corpus, tmp_path):
             # TensorBoard keeps scalars as float32: the same number, rounded once
             expected.setdefault(tag, []).append((record["step"], float(np.float32(value))))
     assert {"train/loss", "train/lr", "train/grad_norm", "train/tokens_per_s", "eval/val_loss", "copy/copy_acc",
-            "copy/copy_gain", "eval/repeat_acc", "induction_max/layer_0"} <= set(expected)
+            "copy/copy_gain", "eval/repeat_acc", "induction_max/layer_0",
+            "previous_token_max/layer_0", "prefix_matching_max/layer_0", "train_previous_token_max/layer_0"
+            } <= set(expected)
 
     events = read_events(out / "tb")
     assert set(events.Tags()["scalars"]) == set(expected)

@@ -123,6 +123,7 @@ def test_two_process_run_keeps_ranks_identical(corpus, tmp_path, sharding):
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(ROOT / "train.py"),
          *SMALL, "--data", str(corpus), "--max-steps", "12", "--eval-every", "6", "--grad-accum", "2",
+         "--train-stats-every", "4",
          "--out", str(out), *sharding],
         cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600,
     )
@@ -136,6 +137,10 @@ def test_two_process_run_keeps_ranks_identical(corpus, tmp_path, sharding):
     for key in ("induction", "previous_token", "prefix_matching"):  # every eval logs the three scores
         assert len(records[-1][key]) == n_layers and len(records[-1][key][0]) == n_heads, key
         assert len(records[-1][f"{key}_max"]) == n_layers and 0 <= min(records[-1][f"{key}_max"]) <= 1, key
+    # --train-stats-every 4: the training forward's own scores at steps 4, 8, 12 and no others
+    stats_steps = [r["step"] for r in records if "train_previous_token_max" in r]
+    assert stats_steps == [4, 8, 12] and all(len(r["train_prefix_matching_max"]) == n_layers
+                                             for r in records if r["step"] in stats_steps)
     ckpt = final_state(out)
     assert len(ckpt["sampler"]) == 2 and ckpt["sampler"][0]["rank"] == 0 and ckpt["sampler"][1]["rank"] == 1
 
