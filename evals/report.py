@@ -64,10 +64,12 @@ def plot_run(records: list[dict], onsets: dict, path: Path, title: str) -> None:
                         fontsize=8, ha="left", va="top", color=color)
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     labels = ax.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
-    ax.legend(handles, labels, loc="center right", fontsize=8)
+    # below the axes: inside, it would cover the onset labels wherever they fall
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=len(labels), fontsize=8,
+              frameon=False)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path)
+    fig.savefig(path, bbox_inches="tight")
     plt.close(fig)
 
 
