@@ -29,7 +29,7 @@ PLATEAU_WINDOW = 5  # evals looked ahead
 PLATEAU_REL_DROP = 0.01  # less than 1% further drop over the window = plateau
 INDUCTION_THRESHOLD = 0.3
 COPY_SMOOTH = 3  # evals in the centred mean of the copy curves
-MIN_COPY_GAIN = 0.02  # 4 of the 200 copy cases
+MIN_COPY_GAIN = 0.03  # 6 of the 200 copy cases: pre-surge noise reaches 0.02 in the smoothed gain
 COPY_SURGE_LEVEL = 0.1
 
 
