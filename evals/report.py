@@ -111,16 +111,20 @@ def plot_layer_heatmaps(records: list[dict], onsets: list[int | None], path: Pat
     plt.close(fig)
 
 
-def plot_onset_vs_lr(rows: list[dict], path: Path) -> None:
-    """Copy onset step, and LR x onset step (the learning 'intensity' spent), against LR per batch size."""
+ONSET_NAMES = {"copy_onset": "copy onset step", "copy_surge": "copy surge step"}
+
+
+def plot_onset_vs_lr(rows: list[dict], path: Path, onset: str = "copy_onset") -> None:
+    """Onset step (`onset`: copy_onset or copy_surge), and LR x onset step (the learning 'intensity'
+    spent), against LR per batch size."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
     for batch in sorted({r["batch"] for r in rows}):
-        points = sorted((r["lr"], r["copy_onset"]) for r in rows if r["batch"] == batch and r["copy_onset"])
+        points = sorted((r["lr"], r[onset]) for r in rows if r["batch"] == batch and r[onset])
         if points:
             axes[0].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"batch {batch}")
             axes[1].plot([p[0] for p in points], [p[0] * p[1] for p in points], marker="o", label=f"batch {batch}")
-    for ax, label in zip(axes, ("copy onset step", "LR x copy onset step"), strict=True):
+    for ax, label in zip(axes, (ONSET_NAMES[onset], f"LR x {ONSET_NAMES[onset]}"), strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("peak LR")
         ax.set_title(label, fontsize=10)
@@ -130,14 +134,14 @@ def plot_onset_vs_lr(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def plot_onset_heatmap(rows: list[dict], path: Path) -> None:
-    """Copy onset step on an (LR, batch size) grid; blank cells: no onset (or no run)."""
+def plot_onset_heatmap(rows: list[dict], path: Path, onset: str = "copy_onset") -> None:
+    """Onset step (`onset`) on an (LR, batch size) grid; blank cells: no onset (or no run)."""
     plt = pyplot()
     lrs, batches = sorted({r["lr"] for r in rows}), sorted({r["batch"] for r in rows})
     grid = [[float("nan")] * len(batches) for _ in lrs]
     for r in rows:
-        if r["copy_onset"] is not None:
-            grid[lrs.index(r["lr"])][batches.index(r["batch"])] = r["copy_onset"]
+        if r[onset] is not None:
+            grid[lrs.index(r["lr"])][batches.index(r["batch"])] = r[onset]
     fig, ax = plt.subplots(figsize=(5, 4), dpi=110)
     image = ax.imshow(grid, origin="lower", cmap="magma_r")
     for i, line in enumerate(grid):
@@ -148,7 +152,7 @@ def plot_onset_heatmap(rows: list[dict], path: Path) -> None:
     ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
     ax.set_xlabel("global batch (sequences per optimizer step)")
     ax.set_ylabel("peak LR")
-    fig.colorbar(image, ax=ax, label="copy onset step")
+    fig.colorbar(image, ax=ax, label=ONSET_NAMES[onset])
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -158,8 +162,10 @@ def _fmt(value) -> str:
     return "-" if value is None else str(value)
 
 
-def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_THRESHOLD) -> Path:
-    """All figures and OUT/report.md for `run_dirs`; returns the markdown's path."""
+def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_THRESHOLD,
+                 onset: str = "copy_onset") -> Path:
+    """All figures and OUT/report.md for `run_dirs`; returns the markdown's path. `onset` (copy_onset
+    or copy_surge) is the step the onset-vs-LR figures draw."""
     out.mkdir(parents=True, exist_ok=True)
     runs, rows = {}, []
     for run_dir in run_dirs:
@@ -185,10 +191,10 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
     plot_overlay(runs, out / "overlay-tokens.png", x="tokens")
     figures = ["overlay-steps.png", "overlay-tokens.png"]
     if len({r["lr"] for r in rows}) > 1:
-        plot_onset_vs_lr(rows, out / "onset-vs-lr.png")
+        plot_onset_vs_lr(rows, out / "onset-vs-lr.png", onset)
         figures.append("onset-vs-lr.png")
         if len({r["batch"] for r in rows}) > 1:
-            plot_onset_heatmap(rows, out / "onset-lr-batch.png")
+            plot_onset_heatmap(rows, out / "onset-lr-batch.png", onset)
             figures.append("onset-lr-batch.png")
 
     lines = [
@@ -223,8 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (config.json + metrics.jsonl)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threshold", type=float, default=INDUCTION_THRESHOLD, help="induction onset threshold")
+    parser.add_argument("--onset", default="copy_onset", choices=sorted(ONSET_NAMES),
+                        help="the onset the onset-vs-LR figures draw (default copy_onset)")
     args = parser.parse_args(argv)
-    print(write_report(args.runs, args.out, args.threshold))
+    print(write_report(args.runs, args.out, args.threshold, args.onset))
     return 0
 
 

@@ -38,6 +38,9 @@ def test_report_writes_figures_and_onsets(tmp_path):
             "| -, 3000 |") in text
     assert "| 4000 | 2900 | -, 4000 |" in text and "| 3500 | 2900 | -, 3500 |" in text
     assert "![onset-lr-batch.png](onset-lr-batch.png)" in text
+    surge = tmp_path / "surge"  # the onset figures can draw the copy surge instead
+    assert report.main([*map(str, runs), "--out", str(surge), "--onset", "copy_surge"]) == 0
+    assert (surge / "onset-lr-batch.png").read_bytes() != (out / "onset-lr-batch.png").read_bytes()
 
 
 def test_layer_heatmaps_draw_the_scores_a_run_logged(tmp_path):
