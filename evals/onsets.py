@@ -84,15 +84,14 @@ def copy_surge_step(records: list[dict], *, level: float = COPY_SURGE_LEVEL, smo
     return next((r["step"] for r, g in zip(evals, gain, strict=True) if g >= level), None)
 
 
-def induction_onset_steps(records: list[dict], threshold: float = INDUCTION_THRESHOLD, key: str = "induction_max"
-                          ) -> list[int | None]:
-    """Per layer: the first eval step whose best-head score (`key`: induction_max by default) is >= `threshold`."""
+def induction_onset_steps(records: list[dict], threshold: float = INDUCTION_THRESHOLD) -> list[int | None]:
+    """Per layer: the first eval step whose best-head induction score is >= `threshold`."""
     evals = eval_records(records)
     if not evals:
         return []
     onsets: list[int | None] = []
-    for layer in range(len(evals[0][key])):
-        onsets.append(next((r["step"] for r in evals if r[key][layer] >= threshold), None))
+    for layer in range(len(evals[0]["induction_max"])):
+        onsets.append(next((r["step"] for r in evals if r["induction_max"][layer] >= threshold), None))
     return onsets
 
 
