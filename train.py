@@ -503,7 +503,8 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
             loss_sum += loss.detach()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
         # one all-reduce carries the loss and the stop flag, so every rank decides alike
-        flags = torch.stack([loss_sum / cfg.grad_accum, torch.tensor(float(stop.received is not None))]).to(device)
+        stop_flag = torch.tensor(float(stop.received is not None), device=device)
+        flags = torch.stack([loss_sum / cfg.grad_accum, stop_flag])
         if world > 1:
             dist.all_reduce(flags)
             flags[0] /= world

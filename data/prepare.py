@@ -370,7 +370,7 @@ def ensure_default_corpus(bytes_level: bool = False, vocab_size: int = DEFAULT_V
     return out
 
 
-def main(argv: list[str] | None = None) -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0])
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", metavar="PATH", help="text files, directories, .jsonl(.zst) files")
@@ -389,6 +389,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--level", type=int, default=DEFAULT_LEVEL, help="zstd compression level")
     parser.add_argument("--force", action="store_true", help="rebuild an existing corpus")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
     args = parser.parse_args(argv)
     try:
         if args.tokenizer:

@@ -27,8 +27,9 @@ def dot_dtype(dtype: torch.dtype) -> tl.dtype:
     return {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16}[dtype]
 
 
-def check_inputs(name: str, *tensors: torch.Tensor, dtypes=SUPPORTED_FLOAT_DTYPES) -> None:
-    """Raise a clear error when `tensors` differ in device or dtype, or have an unsupported dtype.
+def check_inputs(name: str, *tensors: torch.Tensor, dtypes=SUPPORTED_FLOAT_DTYPES, same_dtype: bool = True) -> None:
+    """Raise a clear error when `tensors` differ in device (or in dtype, with `same_dtype`), or
+    have an unsupported dtype.
 
     `name` is the public op name, so the message says which call was wrong.
     """
@@ -40,7 +41,7 @@ def check_inputs(name: str, *tensors: torch.Tensor, dtypes=SUPPORTED_FLOAT_DTYPE
             raise TypeError(f"{name}: argument {i} has dtype {t.dtype}; supported: {list(dtypes)}")
         if t.device != first.device:
             raise ValueError(f"{name}: argument {i} is on {t.device} but argument 0 is on {first.device}")
-        if t.dtype != first.dtype:
+        if same_dtype and t.dtype != first.dtype:
             raise TypeError(f"{name}: argument {i} has dtype {t.dtype} but argument 0 has {first.dtype}")
     if first.device.type == "cpu" and not interpreting():
         raise RuntimeError(

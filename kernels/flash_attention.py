@@ -37,6 +37,7 @@ entropy and per-target attention mass are accumulated online alongside m and l (
 from __future__ import annotations
 
 import math
+import os
 from typing import NamedTuple
 
 import torch
@@ -79,18 +80,25 @@ class AttentionStats(NamedTuple):
 # Launch configurations. One visible list per kernel; the interpreter gets a single small config
 # (autotuning there would re-run every config through Python), with BLOCK_M != BLOCK_N so the tests
 # exercise the index arithmetic of unequal tiles, partial tiles and several tiles per row.
+#
+# GROKCOPY_AUTOTUNE=0 keeps only the first config of each list on a GPU: the native test suite then
+# compiles one kernel per shape instead of tuning dozens (correctness does not depend on the tile).
 # --------------------------------------------------------------------------------------------------
+
+
+def _autotuned(configs: list[triton.Config]) -> list[triton.Config]:
+    return configs[:1] if os.environ.get("GROKCOPY_AUTOTUNE", "1") == "0" else configs
 
 
 def _fwd_configs() -> list[triton.Config]:
     if interpreting():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-    shapes = [(128, 128, 8), (128, 64, 8), (128, 64, 4), (128, 32, 4), (64, 64, 4), (64, 32, 4)]
-    return [
+    shapes = [(64, 64, 4), (128, 128, 8), (128, 64, 8), (128, 64, 4), (128, 32, 4), (64, 32, 4)]
+    return _autotuned([
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w in shapes
         for s in (2, 3, 4)
-    ]
+    ])
 
 
 def _bwd_dkdv_configs() -> list[triton.Config]:
@@ -99,24 +107,24 @@ def _bwd_dkdv_configs() -> list[triton.Config]:
         return [triton.Config({"BLOCK_M": 16, "BLOCK_N": 32}, num_warps=1, num_stages=1)]
     # Four [BLOCK_N, D] tiles live in registers, so large BLOCK_N spills at D = 128 (ptxas, sm_90):
     # the list leans to small tiles; (32, 128, 8) is the fastest shape at D = 64 in the tutorial.
-    shapes = [(16, 32, 4), (32, 32, 4), (16, 64, 4), (32, 64, 8), (64, 64, 8), (32, 128, 8)]
-    return [
+    shapes = [(32, 64, 8), (16, 32, 4), (32, 32, 4), (16, 64, 4), (64, 64, 8), (32, 128, 8)]
+    return _autotuned([
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w in shapes
         for s in (2, 3)
-    ]
+    ])
 
 
 def _bwd_dq_configs() -> list[triton.Config]:
     # BLOCK_M queries stay resident (q, dO, dq); BLOCK_N keys stream.
     if interpreting():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
-    shapes = [(128, 32, 8), (128, 64, 8), (64, 32, 4), (64, 64, 4), (128, 16, 4)]
-    return [
+    shapes = [(64, 32, 4), (128, 32, 8), (128, 64, 8), (64, 64, 4), (128, 16, 4)]
+    return _autotuned([
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w in shapes
         for s in (2, 3, 4)
-    ]
+    ])
 
 
 # Autotune keys: the compile-time shape, plus a power-of-two length bucket so that evals sweeping

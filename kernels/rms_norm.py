@@ -2,14 +2,20 @@
 
 Convention (Llama / Hugging Face `LlamaRMSNorm`): the statistics and the normalisation are
 computed in fp32, the normalised row is rounded to the input dtype, and only then multiplied by
-the weight, the product rounded to the input dtype once more:
+the weight, the product rounded once to the output dtype:
 
     normed = (x_fp32 * rsqrt(mean(x_fp32 ** 2) + eps)).to(x.dtype)
-    y      = weight * normed                                   # in x.dtype
+    y      = (weight_fp32 * normed_fp32).to(out_dtype)           # out_dtype: x.dtype by default
 
 In bf16/fp16 the product of two such values is exact in fp32, so computing it in fp32 and
 rounding once is bit-for-bit what torch does for `weight * normed`. `rms_norm_reference` below
 is that formula; in float64 it is the exact function the tests compare against.
+
+Mixed precision (the model's policy, model/llama.py): the residual stream is fp32 and each branch
+(attention, MLP) returns bf16 under autocast. So x, residual and weight may differ in dtype: the
+sum x + residual is formed in fp32 and stored in the residual's dtype (torch's type promotion of
+`x + residual` when the residual is the wider one), and `out_dtype` lets the norm write the bf16
+that the next matmul reads, instead of an fp32 row that autocast would convert in another pass.
 
 Both ops are registered with `torch.library.custom_op` (opaque to `torch.compile`, so it traces
 them without graph breaks) with fake implementations and `register_autograd`. `triton_op` would let
@@ -23,7 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels._common import as_rows, cast_rne, check_inputs, interpreting
+from kernels._common import SUPPORTED_FLOAT_DTYPES, as_rows, cast_rne, check_inputs, interpreting
 
 # A row lives in registers as one block of next_power_of_2(D) fp32 values. Up to this width that
 # works (the widest rows spill part of it to local memory: slower, still correct); wider rows would
@@ -59,8 +65,9 @@ def rms_norm_fwd_kernel(
 ):
     """y = weight * round(x * rstd) for BLOCK_M whole rows, each read once and written once.
 
-    With HAS_RESIDUAL, x + residual is formed first, rounded to the storage dtype and stored as
-    the new residual; that rounded sum is what gets normalised, so y == rms_norm(new_residual).
+    With HAS_RESIDUAL, x + residual is formed in fp32, rounded to the new residual's dtype and
+    stored; that rounded sum is what gets normalised, so y == rms_norm(new_residual). Each pointer
+    keeps its own dtype (x bf16 and residual fp32, say); y is written in y_ptr's dtype.
     """
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
@@ -83,8 +90,12 @@ def rms_norm_fwd_kernel(
 
     # Masked columns were loaded as 0, so they add nothing to the sum; divide by the true width.
     rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
-    # Round the normalised row to the storage dtype before the weight multiply (HF's order).
-    normed = cast_rne(x * rstd[:, None], y_ptr.dtype.element_ty).to(tl.float32)
+    # Round the normalised row to the dtype of the normalised input before the weight multiply
+    # (HF's order); for an fp32 residual stream that rounding is a no-op.
+    if HAS_RESIDUAL:
+        normed = cast_rne(x * rstd[:, None], res_out_ptr.dtype.element_ty).to(tl.float32)
+    else:
+        normed = cast_rne(x * rstd[:, None], x_ptr.dtype.element_ty).to(tl.float32)
     w = tl.load(w_ptr + cols, mask=col_mask[None, :], other=0.0).to(tl.float32)
     tl.store(y_ptr + rows * stride_y + cols, cast_rne(normed * w, y_ptr.dtype.element_ty), mask=mask)
 
@@ -161,14 +172,18 @@ def _launch_config(n_cols: int) -> tuple[int, int, int]:
     return block_m, block_d, num_warps
 
 
-def _check(name: str, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None) -> None:
-    """Argument checks shared by both ops; messages name the op and the argument."""
+def _check(name: str, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None,
+           out_dtype: torch.dtype | None = None) -> None:
+    """Argument checks shared by both ops; messages name the op and the argument. Dtypes may
+    differ (see the module docstring), devices may not."""
     if residual is None:
-        check_inputs(f"{name}(x, weight)", x, weight)
+        check_inputs(f"{name}(x, weight)", x, weight, same_dtype=False)
     else:
-        check_inputs(f"{name}(x, residual, weight)", x, residual, weight)
+        check_inputs(f"{name}(x, residual, weight)", x, residual, weight, same_dtype=False)
         if residual.shape != x.shape:
             raise ValueError(f"{name}: residual has shape {tuple(residual.shape)} but x has {tuple(x.shape)}")
+    if out_dtype is not None and out_dtype not in SUPPORTED_FLOAT_DTYPES:
+        raise TypeError(f"{name}: out_dtype {out_dtype}; supported: {list(SUPPORTED_FLOAT_DTYPES)}")
     if x.dim() == 0 or x.shape[-1] == 0:
         raise ValueError(f"{name}: x must have a non-empty last dimension, got shape {tuple(x.shape)}")
     if weight.shape != (x.shape[-1],):
@@ -180,17 +195,29 @@ def _check(name: str, x: torch.Tensor, weight: torch.Tensor, residual: torch.Ten
         raise ValueError(f"{name}: last dimension {x.shape[-1]} exceeds {MAX_ROW}, the widest row kept in registers")
 
 
+def normalised_dtype(x: torch.Tensor, residual: torch.Tensor | None) -> torch.dtype:
+    """The dtype of the row that is normalised: x's, or that of x + residual (torch's promotion)."""
+    return x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
+
+
 def rms_norm_forward(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, residual: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Launch the forward kernel. Returns (y, new_residual); new_residual is None without `residual`.
 
-    x, residual: [..., D]; weight: [D]; all one dtype. Outputs are contiguous, shaped like x.
+    x, residual: [..., D]; weight: [D]; any float dtypes. new_residual has the dtype of
+    x + residual; y has out_dtype, by default that of the normalised row. Outputs are contiguous,
+    shaped like x.
     """
     n_cols = x.shape[-1]
     x2 = as_rows(x)
-    y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-    res_out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if residual is not None else None
+    norm_dtype = normalised_dtype(x, residual)
+    y = torch.empty(x.shape, dtype=out_dtype or norm_dtype, device=x.device)
+    res_out = torch.empty(x.shape, dtype=norm_dtype, device=x.device) if residual is not None else None
     n_rows = x2.shape[0]
     if n_rows == 0:
         return y, res_out
@@ -232,9 +259,9 @@ def rms_norm_backward(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Launch the backward kernel. Returns (dx, dweight).
 
-    dy, x, residual_grad: [..., D] in x's dtype (x is the normalised input: for the fused op, the
-    new residual); weight: [D]. dx is contiguous and shaped like x, dweight [D] in weight's dtype,
-    summed in fp32 over per-program partial rows.
+    dy, x, residual_grad: [..., D], any float dtypes (x is the normalised input: for the fused op,
+    the new residual); weight: [D]. dx is contiguous, shaped like x and in x's dtype; dweight [D]
+    in weight's dtype, summed in fp32 over per-program partial rows.
     """
     n_cols = x.shape[-1]
     x2, dy2 = as_rows(x), as_rows(dy)
@@ -278,34 +305,39 @@ def rms_norm_backward(
 # version parses type annotations. The fake implementations only describe output shapes/dtypes.
 
 
-def _empty_like_contiguous(t: torch.Tensor) -> torch.Tensor:
-    return torch.empty(t.shape, dtype=t.dtype, device=t.device)
+def _empty_like_contiguous(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    return torch.empty(t.shape, dtype=dtype or t.dtype, device=t.device)
 
 
-@torch.library.custom_op("grokcopy::rms_norm", mutates_args=(), schema="(Tensor x, Tensor weight, float eps) -> Tensor")
-def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    return rms_norm_forward(x, weight, eps)[0]
+@torch.library.custom_op(
+    "grokcopy::rms_norm",
+    mutates_args=(),
+    schema="(Tensor x, Tensor weight, float eps, ScalarType? out_dtype) -> Tensor",
+)
+def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None) -> torch.Tensor:
+    return rms_norm_forward(x, weight, eps, out_dtype=out_dtype)[0]
 
 
 @_rms_norm_op.register_fake
-def _(x, weight, eps):
-    return _empty_like_contiguous(x)
+def _(x, weight, eps, out_dtype):
+    return _empty_like_contiguous(x, out_dtype or x.dtype)
 
 
 @torch.library.custom_op(
     "grokcopy::fused_add_rms_norm",
     mutates_args=(),
-    schema="(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)",
+    schema="(Tensor x, Tensor residual, Tensor weight, float eps, ScalarType? out_dtype) -> (Tensor, Tensor)",
 )
 def _fused_add_rms_norm_op(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float
+    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return rms_norm_forward(x, weight, eps, residual)
+    return rms_norm_forward(x, weight, eps, residual, out_dtype)
 
 
 @_fused_add_rms_norm_op.register_fake
-def _(x, residual, weight, eps):
-    return _empty_like_contiguous(x), _empty_like_contiguous(x)
+def _(x, residual, weight, eps, out_dtype):
+    norm_dtype = normalised_dtype(x, residual)
+    return _empty_like_contiguous(x, out_dtype or norm_dtype), _empty_like_contiguous(x, norm_dtype)
 
 
 @torch.library.custom_op(
@@ -325,7 +357,7 @@ def _(dy, x, weight, eps, residual_grad):
 
 
 def _rms_norm_setup_context(ctx, inputs, output):
-    x, weight, eps = inputs
+    x, weight, eps, _ = inputs
     ctx.save_for_backward(x, weight)
     ctx.eps = eps
 
@@ -333,21 +365,23 @@ def _rms_norm_setup_context(ctx, inputs, output):
 def _rms_norm_grad(ctx, dy):
     x, weight = ctx.saved_tensors
     dx, dweight = _rms_norm_backward_op(dy, x, weight, ctx.eps, None)
-    return dx, dweight, None
+    return dx, dweight, None, None
 
 
 def _fused_add_rms_norm_setup_context(ctx, inputs, output):
-    _, _, weight, eps = inputs
+    x, residual, weight, eps, _ = inputs
     # Backward needs the normalised input, which is exactly the new residual (an output).
     ctx.save_for_backward(output[1], weight)
     ctx.eps = eps
+    ctx.x_dtype, ctx.residual_dtype = x.dtype, residual.dtype
 
 
 def _fused_add_rms_norm_grad(ctx, dy, dres):
     new_residual, weight = ctx.saved_tensors
     ds, dweight = _rms_norm_backward_op(dy, new_residual, weight, ctx.eps, dres)
-    # new_residual = x + residual, so both inputs receive the same gradient ds.
-    return ds, ds, dweight, None
+    # new_residual = x + residual, so both inputs receive ds, each in its own dtype (a bf16 branch
+    # added to an fp32 residual stream gets a bf16 gradient, as torch's `x + residual` would give).
+    return ds.to(ctx.x_dtype), ds.to(ctx.residual_dtype), dweight, None, None
 
 
 _rms_norm_op.register_autograd(_rms_norm_grad, setup_context=_rms_norm_setup_context)
@@ -358,53 +392,71 @@ _fused_add_rms_norm_op.register_autograd(_fused_add_rms_norm_grad, setup_context
 # Public API
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def rms_norm(
+    x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """RMSNorm over the last dimension, Llama convention (see module docstring).
 
     Args:
         x: [..., D], fp32, bf16 or fp16, any strides; D from 1 to 65536.
-        weight: [D], the same dtype as x (no mixed precision: cast the weight first).
+        weight: [D], any of those dtypes (an fp32 weight on a bf16 x is read as fp32).
         eps: added to the mean square before the reciprocal square root.
+        out_dtype: dtype of y; x's dtype by default.
 
     Returns:
-        y: contiguous, x's shape and dtype. Differentiable w.r.t. x and weight; dweight is summed
-        in fp32.
+        y: contiguous, x's shape, out_dtype. Differentiable w.r.t. x and weight; dweight is summed
+        in fp32 and returned in weight's dtype.
     """
-    _check("rms_norm", x, weight)
-    return _rms_norm_op(x, weight, eps)
+    _check("rms_norm", x, weight, out_dtype=out_dtype)
+    return _rms_norm_op(x, weight, eps, out_dtype)
 
 
 def fused_add_rms_norm(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float = 1e-6,
+    out_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """new_residual = x + residual; y = rms_norm(new_residual, weight, eps) in one pass.
 
     Each input is read once and each output written once (an unfused pair reads the sum back).
 
     Args:
-        x, residual: [..., D], same shape, fp32, bf16 or fp16; the sum is rounded to that dtype.
-        weight: [D], the same dtype as x.
+        x, residual: [..., D], same shape, fp32, bf16 or fp16 (they may differ: a bf16 branch x on
+            an fp32 residual stream); the sum is formed in fp32 and rounded to the promoted dtype.
+        weight: [D], any of those dtypes.
         eps: as in `rms_norm`.
+        out_dtype: dtype of y; new_residual's dtype by default.
 
     Returns:
-        (y, new_residual): both contiguous, x's shape and dtype. Differentiable w.r.t. x, residual
-        and weight, with gradients flowing from both outputs.
+        (y, new_residual): both contiguous and x's shape; y in out_dtype, new_residual in the
+        promoted dtype of x and residual. Differentiable w.r.t. x, residual and weight, with
+        gradients flowing from both outputs.
     """
-    _check("fused_add_rms_norm", x, weight, residual)
-    return _fused_add_rms_norm_op(x, residual, weight, eps)
+    _check("fused_add_rms_norm", x, weight, residual, out_dtype)
+    return _fused_add_rms_norm_op(x, residual, weight, eps, out_dtype)
 
 
-def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """The same function in plain torch: fp32 statistics (float64 for float64 inputs), HF's order."""
+def rms_norm_reference(
+    x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """The same function in plain torch: fp32 statistics (float64 for float64 inputs), HF's order,
+    the weight product computed at fp32 at least and rounded once to out_dtype (x's by default)."""
     compute_dtype = torch.promote_types(x.dtype, torch.float32)
     xf = x.to(compute_dtype)
-    normed = xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)
-    return weight * normed.to(x.dtype)
+    normed = (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)).to(x.dtype)
+    product_dtype = torch.promote_types(compute_dtype, weight.dtype)
+    return (weight.to(product_dtype) * normed.to(product_dtype)).to(out_dtype or x.dtype)
 
 
 def fused_add_rms_norm_reference(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6
+    x: torch.Tensor,
+    residual: torch.Tensor,
+    weight: torch.Tensor,
+    eps: float = 1e-6,
+    out_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain-torch `fused_add_rms_norm`: the sum in the inputs' dtype, then `rms_norm_reference`."""
+    """Plain-torch `fused_add_rms_norm`: the sum in the promoted dtype, then `rms_norm_reference`."""
     new_residual = x + residual
-    return rms_norm_reference(new_residual, weight, eps), new_residual
+    return rms_norm_reference(new_residual, weight, eps, out_dtype), new_residual

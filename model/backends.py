@@ -133,36 +133,84 @@ def attention(q, k, v, *, backend: str, dropout_p: float = 0.0, targets: torch.T
             out, stats = kernels.flash_attention_with_stats(q, k, v, targets=targets, causal=True)
             return out, AttentionStats(stats.lse, stats.entropy, stats.target_mass)
         return kernels.flash_attention(q, k, v, causal=True), None
-    if targets is not None or backend == "torch":
+    if backend == "torch":
         return attention_torch(q, k, v, dropout_p, targets)
     if backend == "sdpa":
-        return attention_sdpa(q, k, v, dropout_p), None
-    if backend == "flash_attn":
-        return attention_flash_attn(q, k, v, dropout_p), None
-    raise ValueError(f"unknown attention backend {backend!r}")
+        out = attention_sdpa(q, k, v, dropout_p)
+    elif backend == "flash_attn":
+        out = attention_flash_attn(q, k, v, dropout_p)
+    else:
+        raise ValueError(f"unknown attention backend {backend!r}")
+    return out, None if targets is None else attention_stats_chunked(q, k, targets)
+
+
+# Query rows per chunk of `attention_stats_chunked`: [B, H, 128, S] fp32 scores at a time, 200 MB
+# at paper-162m batch 32 (12 heads, S = 1024) where the whole [B, H, T, S] would take 1.6 GB.
+STATS_QUERY_CHUNK = 128
+
+
+@torch.no_grad()
+def attention_stats_chunked(q: torch.Tensor, k: torch.Tensor, targets: torch.Tensor) -> AttentionStats:
+    """AttentionStats of causal attention, STATS_QUERY_CHUNK query rows at a time, without autograd.
+
+    For the backends whose kernels export no statistics (sdpa, flash_attn): the output comes from
+    their kernel and the statistics from here, so no [B, H, T, S] matrix is kept for backward and
+    only a chunk of it exists at any time. q [B, Hq, T, D], k [B, Hkv, S, D], targets [B, T, K].
+    """
+    k = _repeat_kv(k, q.shape[1] // k.shape[1])
+    T, S = q.shape[2], k.shape[2]
+    acc = torch.promote_types(q.dtype, torch.float32)
+    key_pos = torch.arange(S, device=q.device)
+    chunks = []
+    for start in range(0, T, STATS_QUERY_CHUNK):
+        q_chunk = q[:, :, start : start + STATS_QUERY_CHUNK].to(acc)
+        scores = (q_chunk @ k.to(acc).transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        query_pos = torch.arange(start, start + q_chunk.shape[2], device=q.device)
+        future = key_pos[None, :] > query_pos[:, None] + (S - T)  # bottom-right aligned, as attention_torch
+        scores = scores.masked_fill(future, float("-inf"))
+        chunks.append(stats_from_probs(scores, scores.softmax(dim=-1), targets[:, start : start + q_chunk.shape[2]]))
+    return AttentionStats(*(torch.cat(parts, dim=2) for parts in zip(*chunks, strict=True)))
 
 
 # ---------------------------------------------------------------------------------------------
 # RMSNorm and SwiGLU
 
 
+def autocast_dtype(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype autocast gives matmuls on x's device, or None when autocast is off there."""
+    device_type = x.device.type
+    return torch.get_autocast_dtype(device_type) if torch.is_autocast_enabled(device_type) else None
+
+
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: str) -> torch.Tensor:
-    """x [..., D] normalised in fp32, scaled by weight [D]; returns x's dtype."""
+    """x [..., D] normalised in fp32, scaled by weight [D] (fp32 parameter).
+
+    Returns x's dtype, or under autocast the autocast dtype: the norm's output only feeds a
+    matmul, which would round it to that dtype anyway, so writing it there saves a pass and the
+    result is the same bits on either backend.
+    """
+    out_dtype = autocast_dtype(x)
     if backend == "triton":
         import kernels
 
-        return kernels.rms_norm(x, weight.to(x.dtype), eps)
-    acc = x.to(torch.promote_types(x.dtype, torch.float32))
-    normed = acc * torch.rsqrt(acc.pow(2).mean(-1, keepdim=True) + eps)
-    return weight.to(x.dtype) * normed.to(x.dtype)
+        return kernels.rms_norm(x, weight, eps, out_dtype=out_dtype)
+    # kernels.rms_norm_reference's math, kept here so the torch backend needs no triton
+    acc = torch.promote_types(x.dtype, torch.float32)
+    xf = x.to(acc)
+    normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype)
+    product = torch.promote_types(acc, weight.dtype)
+    return (weight.to(product) * normed.to(product)).to(out_dtype or x.dtype)
 
 
 def add_rms_norm(x, residual, weight, eps: float, backend: str):
-    """(rms_norm(x + residual), x + residual): the residual add fused into the norm on triton."""
+    """(rms_norm(x + residual), x + residual): the residual add fused into the norm on triton.
+
+    x is a branch's output (bf16 under autocast), residual the fp32 stream; the sum stays fp32.
+    """
     if backend == "triton":
         import kernels
 
-        return kernels.fused_add_rms_norm(x, residual, weight.to(x.dtype), eps)
+        return kernels.fused_add_rms_norm(x, residual, weight, eps, out_dtype=autocast_dtype(x))
     summed = x + residual
     return rms_norm(summed, weight, eps, backend), summed
 

@@ -119,7 +119,7 @@ def test_perfect_copy_head_and_uniform_head_have_known_stats():
     mass, entropy = stats.target_mass[0, :, :, 0], stats.entropy[0]
     # Head 0: induction score ~ 1 on the second half, 0 where there is no target.
     assert mass[0, L:].min() > 0.999
-    assert mass[0, L:].mean() == pytest.approx(1.0, abs=1e-6)
+    assert mass[0, L:].mean().item() == pytest.approx(1.0, abs=1e-6)
     assert torch.equal(mass[0, :L], torch.zeros(L, device=DEVICE))
     assert entropy[0, L:].max() < 1e-4
     # Head 1: uniform attention.

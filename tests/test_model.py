@@ -169,12 +169,13 @@ def test_triton_backends_match_torch(ops):
     for op in ops:
         if not available(op, "triton"):
             pytest.skip(f"the Triton {op} kernel is not in kernels/ yet")
-    idx = torch.randint(0, 97, (2, 21))
+    device = "cuda" if torch.cuda.is_available() else "cpu"  # a GPU machine compiles the kernels
+    idx = torch.randint(0, 97, (2, 21), device=device)
     cfg = dict(SMALL, d_model=64, n_heads=2, n_kv_heads=1, context=32)  # head_dim 32, grouped KV
 
     def run(**backend):
         torch.manual_seed(0)
-        model = Llama(LlamaConfig(**cfg, **backend))
+        model = Llama(LlamaConfig(**cfg, **backend)).to(device)
         loss = model.loss(idx[:, :-1], idx[:, 1:])
         loss.backward()
         return loss.detach(), {n: p.grad for n, p in model.named_parameters()}

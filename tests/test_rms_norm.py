@@ -93,6 +93,44 @@ def test_fused_add_rms_norm_matches_float64_reference(poisoned_empty, shape, lay
         assert_rel_close(g, g64, tol, name)
 
 
+@pytest.mark.parametrize("shape", [(4, 768), (2, 3, 1000), (6, 127)], ids=["D768", "3d", "D127"])
+def test_mixed_precision_matches_float64_reference(poisoned_empty, shape):
+    """The model's autocast policy (model/llama.py): a bf16 branch x added to the fp32 residual
+    stream with an fp32 weight, y written in bf16 for the next matmul. The sum and the statistics
+    stay fp32, so y carries one bf16 rounding, new_residual and the residual/weight gradients fp32
+    accuracy, and x's gradient one bf16 rounding."""
+    x = make(shape, torch.bfloat16).requires_grad_()
+    residual = make(shape, torch.float32).requires_grad_()
+    weight = make_weight(shape[-1], torch.float32).requires_grad_()
+    dy, dres = make(shape, torch.bfloat16), make(shape, torch.float32)
+
+    y, new_residual = fused_add_rms_norm(x, residual, weight, 1e-6, out_dtype=torch.bfloat16)
+    dx, dresidual, dweight = torch.autograd.grad((y, new_residual), (x, residual, weight), (dy, dres))
+    assert (y.dtype, new_residual.dtype) == (torch.bfloat16, torch.float32)
+    assert (dx.dtype, dresidual.dtype, dweight.dtype) == (torch.bfloat16, torch.float32, torch.float32)
+
+    leaves64 = [float64_leaf(t) for t in (x, residual, weight)]
+    y64, res64 = fused_add_rms_norm_reference(*leaves64, 1e-6)
+    grads64 = torch.autograd.grad((y64, res64), leaves64, (dy.double(), dres.double()))
+    assert_rel_close(y, y64, TOL[torch.bfloat16], "y")
+    assert_rel_close(new_residual, res64, TOL[torch.float32], "new_residual")
+    assert_rel_close(dx, grads64[0], TOL[torch.bfloat16], "dx")
+    assert_rel_close(dresidual, grads64[1], TOL[torch.float32], "dresidual")
+    assert_rel_close(dweight, grads64[2], TOL[torch.float32], "dweight")
+
+    # the plain norm the same way: an fp32 row (the residual stream), bf16 out
+    xs = make(shape, torch.float32).requires_grad_()
+    ys = rms_norm(xs, weight, 1e-6, out_dtype=torch.bfloat16)
+    dxs, dws = torch.autograd.grad(ys, (xs, weight), dy)
+    assert (ys.dtype, dxs.dtype, dws.dtype) == (torch.bfloat16, torch.float32, torch.float32)
+    x64, w64 = float64_leaf(xs), float64_leaf(weight)
+    ys64 = rms_norm_reference(x64, w64, 1e-6)
+    dxs64, dws64 = torch.autograd.grad(ys64, (x64, w64), dy.double())
+    assert_rel_close(ys, ys64, TOL[torch.bfloat16], "y (plain)")
+    assert_rel_close(dxs, dxs64, TOL[torch.float32], "dx (plain)")
+    assert_rel_close(dws, dws64, TOL[torch.float32], "dweight (plain)")
+
+
 @pytest.mark.parametrize("used", ["y", "new_residual"])
 def test_fused_add_rms_norm_gradient_from_one_output(used):
     """When only one output feeds the loss, gradients still reach every input through it."""
@@ -161,11 +199,11 @@ def t(*shape, dtype=torch.float32, device=DEVICE):
     [
         # wrong dtypes
         (lambda: rms_norm(t(2, 8, dtype=torch.float64), t(8, dtype=torch.float64)), TypeError, r"rms_norm.*float64"),
-        (lambda: rms_norm(t(2, 8), t(8, dtype=torch.bfloat16)), TypeError, r"rms_norm\(x, weight\).*argument 1"),
+        (lambda: rms_norm(t(2, 8), t(8), out_dtype=torch.float64), TypeError, r"rms_norm: out_dtype torch.float64"),
         (
-            lambda: fused_add_rms_norm(t(2, 8), t(2, 8, dtype=torch.float16), t(8)),
+            lambda: fused_add_rms_norm(t(2, 8), t(2, 8, dtype=torch.float64), t(8)),
             TypeError,
-            r"fused_add_rms_norm\(x, residual, weight\).*argument 1",
+            r"fused_add_rms_norm\(x, residual, weight\).*argument 1 has dtype torch.float64",
         ),
         (lambda: rms_norm(t(2, 8).cpu().numpy(), t(8)), TypeError, r"rms_norm.*ndarray"),
         # shape mismatches
@@ -188,7 +226,7 @@ def t(*shape, dtype=torch.float32, device=DEVICE):
     ],
     ids=[
         "float64",
-        "weight-dtype",
+        "out-dtype",
         "residual-dtype",
         "not-a-tensor",
         "weight-size",
@@ -208,10 +246,20 @@ def test_bad_arguments_raise_clear_errors(call, error, match):
 @pytest.mark.parametrize(
     "op,args",
     [
-        ("rms_norm", lambda: (make((3, 40), torch.float32), make_weight(40, torch.float32), 1e-6)),
+        ("rms_norm", lambda: (make((3, 40), torch.float32), make_weight(40, torch.float32), 1e-6, None)),
+        (
+            "rms_norm",
+            lambda: (make((3, 40), torch.float32), make_weight(40, torch.float32), 1e-6, torch.bfloat16),
+        ),
         (
             "fused_add_rms_norm",
-            lambda: (make((3, 40), torch.float32), make((3, 40), torch.float32), make_weight(40, torch.float32), 1e-6),
+            lambda: (make((3, 40), torch.float32), make((3, 40), torch.float32), make_weight(40, torch.float32), 1e-6,
+                     None),
+        ),
+        (  # the model's mixed precision: bf16 branch, fp32 residual stream and weight, bf16 output
+            "fused_add_rms_norm",
+            lambda: (make((3, 40), torch.bfloat16), make((3, 40), torch.float32), make_weight(40, torch.float32),
+                     1e-6, torch.bfloat16),
         ),
         (
             "rms_norm_backward",
