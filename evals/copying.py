@@ -160,7 +160,7 @@ def second_copy_targets(seq_len: int, periods: torch.Tensor) -> torch.Tensor:
     Unlike kernels.repeat_targets (one period, the copies starting at position 0), each sequence
     has its own period L and its second copy ends at the last position.
     """
-    t = torch.arange(seq_len)[None, :]
+    t = torch.arange(seq_len, device=periods.device)[None, :]
     L = periods[:, None]
     second = t >= seq_len - L
     return torch.where(second, t - L + 1, -1)[..., None]

@@ -127,6 +127,29 @@ def _bwd_dq_configs() -> list[triton.Config]:
     ])
 
 
+def _prune_spilling(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Drop the configs that spill registers or overflow shared memory at this launch's head dim.
+
+    Rules read off the static sm_90a table (bench/results/static-sm90a, `python -m bench.static_sm90`):
+    - 128 query rows on 4 warps hold 128 fp32 accumulator columns per thread at head dim 128, and
+      spill (24-196 bytes in the forward, 8 in dq); the statistics add per-row state on top, so
+      with statistics the query tile stays at 64 rows whatever the warps (spills up to ~1 KB);
+    - a 128 x 128 tile at head dim 128 with 4 pipeline stages asks for 288 KB of shared memory
+      (227 KB is the most a block may have on Hopper), so it never launches.
+    """
+    head_dim, with_stats = kwargs.get("HEAD_DIM", 0), kwargs.get("WITH_STATS", False)
+
+    def keep(c: triton.Config) -> bool:
+        bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        if with_stats and bm > 64:
+            return False
+        if bm >= 128 and c.num_warps < 8 and head_dim >= 128:
+            return False
+        return not (head_dim >= 128 and bm * bn >= 128 * 128 and c.num_stages > 3)
+
+    return [c for c in configs if keep(c)] or configs[:1]
+
+
 # Autotune keys: the compile-time shape, plus a power-of-two length bucket so that evals sweeping
 # many sequence lengths reuse one tuning per bucket instead of re-tuning for every length.
 _TUNE_KEY = ["HEAD_DIM", "CAUSAL", "LEN_BUCKET"]
@@ -254,7 +277,8 @@ def _fwd_tile_loop(acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base
     return acc, l_i, m_i, ent_i, tmass_i
 
 
-@triton.autotune(configs=_fwd_configs(), key=_TUNE_KEY + ["WITH_STATS", "N_TARGETS"])
+@triton.autotune(configs=_fwd_configs(), key=_TUNE_KEY + ["WITH_STATS", "N_TARGETS"],
+                 prune_configs_by={"early_config_prune": _prune_spilling})
 @triton.jit
 def flash_attention_fwd_kernel(
     Q, K, V, Out, Lse, Entropy, TargetMass, Targets,
@@ -528,7 +552,7 @@ def _bwd_dq_tile_loop(dq, q, do, lse2, delta, k_base, v_base, stride_ks, stride_
     return dq
 
 
-@triton.autotune(configs=_bwd_dq_configs(), key=_TUNE_KEY)
+@triton.autotune(configs=_bwd_dq_configs(), key=_TUNE_KEY, prune_configs_by={"early_config_prune": _prune_spilling})
 @triton.jit
 def flash_attention_bwd_dq_kernel(
     Q, K, V, DOut, Lse, Delta, DQ,
@@ -613,6 +637,16 @@ def _check_attention_inputs(name: str, q: torch.Tensor, k: torch.Tensor, v: torc
     return scale
 
 
+def _check_targets(name: str, targets: torch.Tensor, q: torch.Tensor) -> None:
+    B, _, T, _ = q.shape
+    if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.int32, torch.int64):
+        raise TypeError(f"{name}: targets must be an int32/int64 tensor [B, T, K]")
+    if targets.dim() != 3 or targets.shape[:2] != (B, T):
+        raise ValueError(f"{name}: targets must be [B, T, K] = [{B}, {T}, K], got {tuple(targets.shape)}")
+    if targets.device != q.device:
+        raise ValueError(f"{name}: targets are on {targets.device} but q is on {q.device}")
+
+
 def _check_buffer(name: str, label: str, buf: torch.Tensor, shape: tuple, dtype: torch.dtype,
                   device: torch.device, contiguous: bool) -> torch.Tensor:
     """Validate a caller-supplied output buffer (used by tests to pre-fill outputs with NaN)."""
@@ -658,12 +692,7 @@ def flash_attention_forward(
     with_stats = with_stats or targets is not None
     n_targets = 0
     if targets is not None:
-        if not isinstance(targets, torch.Tensor) or targets.dtype not in (torch.int32, torch.int64):
-            raise TypeError(f"{name}: targets must be an int32/int64 tensor [B, T, K]")
-        if targets.dim() != 3 or targets.shape[:2] != (B, T):
-            raise ValueError(f"{name}: targets must be [B, T, K] = [{B}, {T}, K], got {tuple(targets.shape)}")
-        if targets.device != q.device:
-            raise ValueError(f"{name}: targets are on {targets.device} but q is on {q.device}")
+        _check_targets(name, targets, q)
         n_targets = targets.shape[2]
         # int32, unit last stride, and every index outside [0, S) folded to -1 so that huge int64
         # values cannot wrap into a valid column.
@@ -774,27 +803,68 @@ def flash_attention_backward(
 # --------------------------------------------------------------------------------------------------
 
 
-class FlashAttentionFunction(torch.autograd.Function):
-    """Differentiable w.r.t. q, k, v; lse and the statistics are marked non-differentiable."""
+# Registered as torch.library custom ops, as the norms and SwiGLU are: torch.compile treats them as
+# opaque calls with fake (shape-only) implementations, so it neither traces into the launchers (on
+# the CPU that meant tracing the Triton interpreter itself) nor recompiles the kernels with its own
+# argument typing (on an H100, inductor's recompilation of the forward kernel failed in tl.dot).
+_EMPTY_STATS = (0,)  # entropy / target_mass when the statistics are not asked for (ops return tensors)
 
-    @staticmethod
-    def forward(ctx, q, k, v, targets, causal, softmax_scale, with_stats):
-        out, lse, entropy, target_mass = flash_attention_forward(
-            q, k, v, causal=causal, softmax_scale=softmax_scale, with_stats=with_stats, targets=targets)
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.causal, ctx.softmax_scale = causal, softmax_scale
-        if with_stats:
-            ctx.mark_non_differentiable(lse, entropy, target_mass)
-            return out, lse, entropy, target_mass
-        ctx.mark_non_differentiable(lse)
-        return out, lse
 
-    @staticmethod
-    def backward(ctx, dout, *_stat_grads):
-        q, k, v, out, lse = ctx.saved_tensors
-        dq, dk, dv = flash_attention_backward(dout, q, k, v, out, lse, causal=ctx.causal,
-                                              softmax_scale=ctx.softmax_scale)
-        return dq, dk, dv, None, None, None, None
+@torch.library.custom_op(
+    "grokcopy::flash_attention_fwd",
+    mutates_args=(),
+    schema="(Tensor q, Tensor k, Tensor v, Tensor? targets, bool causal, float? softmax_scale, bool with_stats)"
+    " -> (Tensor, Tensor, Tensor, Tensor)",
+)
+def _flash_attention_fwd_op(q, k, v, targets, causal, softmax_scale, with_stats):
+    out, lse, entropy, target_mass = flash_attention_forward(
+        q, k, v, causal=causal, softmax_scale=softmax_scale, with_stats=with_stats, targets=targets)
+    if entropy is None:
+        entropy, target_mass = lse.new_empty(_EMPTY_STATS), lse.new_empty(_EMPTY_STATS)  # outputs may not alias
+    return out, lse, entropy, target_mass
+
+
+@_flash_attention_fwd_op.register_fake
+def _(q, k, v, targets, causal, softmax_scale, with_stats):
+    B, Hq, T, D = q.shape
+    out = q.new_empty((B, T, Hq, D)).transpose(1, 2)  # token-major, as the kernel writes it
+    lse = q.new_empty((B, Hq, T), dtype=torch.float32)
+    if not (with_stats or targets is not None):
+        return out, lse, lse.new_empty(_EMPTY_STATS), lse.new_empty(_EMPTY_STATS)
+    n_targets = targets.shape[2] if targets is not None else 0
+    return out, lse, lse.new_empty((B, Hq, T)), lse.new_empty((B, Hq, T, n_targets))
+
+
+@torch.library.custom_op(
+    "grokcopy::flash_attention_bwd",
+    mutates_args=(),
+    schema="(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, float? softmax_scale)"
+    " -> (Tensor, Tensor, Tensor)",
+)
+def _flash_attention_bwd_op(dout, q, k, v, out, lse, causal, softmax_scale):
+    return flash_attention_backward(dout, q, k, v, out, lse, causal=causal, softmax_scale=softmax_scale)
+
+
+@_flash_attention_bwd_op.register_fake
+def _(dout, q, k, v, out, lse, causal, softmax_scale):
+    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+def _flash_attention_setup_context(ctx, inputs, output):
+    q, k, v, _, causal, softmax_scale, _ = inputs
+    out, lse, entropy, target_mass = output
+    ctx.save_for_backward(q, k, v, out, lse)
+    ctx.causal, ctx.softmax_scale = causal, softmax_scale
+    ctx.mark_non_differentiable(lse, entropy, target_mass)
+
+
+def _flash_attention_grad(ctx, dout, *_stat_grads):
+    q, k, v, out, lse = ctx.saved_tensors
+    dq, dk, dv = _flash_attention_bwd_op(dout, q, k, v, out, lse, ctx.causal, ctx.softmax_scale)
+    return dq, dk, dv, None, None, None, None
+
+
+_flash_attention_fwd_op.register_autograd(_flash_attention_grad, setup_context=_flash_attention_setup_context)
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
@@ -806,8 +876,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: b
     T != S is bottom-right aligned: query i sees keys j <= i + S - T. Returns [B, Hq, T, D] in q's
     dtype, stored token-major ([B, T, Hq, D] memory).
     """
-    out, _ = FlashAttentionFunction.apply(q, k, v, None, causal, softmax_scale, False)
-    return out
+    _check_attention_inputs("flash_attention", q, k, v, softmax_scale)
+    return _flash_attention_fwd_op(q, k, v, None, causal, softmax_scale, False)[0]
 
 
 def flash_attention_with_stats(
@@ -826,8 +896,10 @@ def flash_attention_with_stats(
     fp32 without gradient (K = 0 when targets is None). `out` is differentiable as in
     `flash_attention`.
     """
-    out, lse, entropy, target_mass = FlashAttentionFunction.apply(q, k, v, targets, causal,
-                                                                  softmax_scale, True)
+    _check_attention_inputs("flash_attention", q, k, v, softmax_scale)
+    if targets is not None:
+        _check_targets("flash_attention", targets, q)
+    out, lse, entropy, target_mass = _flash_attention_fwd_op(q, k, v, targets, causal, softmax_scale, True)
     return out, AttentionStats(lse, entropy, target_mass)
 
 

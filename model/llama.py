@@ -5,6 +5,16 @@ Conventions (the same as Hugging Face's LlamaForCausalLM, so export needs no per
 rotates the two halves of each head (`rotate_half`), the norm computes in fp32 and multiplies
 the weight after casting back. Weights are packed for speed: `wqkv` holds [q; k; v] rows and
 `w_gate_up` holds [gate; up] rows, so each is one matmul.
+
+Mixed precision (bf16 autocast, the default on CUDA and CPU): the residual stream is fp32. The
+embedding, the parameters and every `x + branch` stay fp32; each branch (attention, MLP) computes
+in bf16 and returns bf16; each norm reads the fp32 stream and writes bf16, the dtype the next
+matmul reads anyway (backends.rms_norm, `out_dtype`). This is what Hugging Face's Llama does under
+autocast and what the torch backends always did, so CPU results, GPU results and HF exports agree.
+The cost is bandwidth in the norms: the fused add + norm moves 12 bytes per element forward (bf16
+branch, fp32 stream in and out, bf16 output) where an all-bf16 stream would move 8. The gain: the
+stream accumulates 2 x n_layers additions without bf16 rounding (measured on `tiny`, CPU: see the
+README's Kernels section).
 """
 
 from __future__ import annotations

@@ -190,3 +190,17 @@ def _args(q=(1, 2, 8, 32), k=(1, 2, 8, 32), v=None, dtype=torch.float32, k_dtype
 def test_bad_inputs_raise_clear_errors(args, kwargs, exc, match):
     with pytest.raises(exc, match=match):
         flash_attention(*args, **kwargs)
+
+
+@pytest.mark.parametrize("with_targets", [False, True], ids=["plain", "stats"])
+def test_opcheck(with_targets):
+    """The custom ops' schemas, fake implementations (shapes and token-major strides), autograd
+    registration and AOT dispatch agree with eager: what torch.compile relies on."""
+    q, k, v = make_qkv(1, 4, 2, 33, 33, 16, torch.float32)
+    targets = torch.randint(-1, 33, (1, 33, 2), device=DEVICE) if with_targets else None
+    torch.library.opcheck(torch.ops.grokcopy.flash_attention_fwd.default, (q, k, v, targets, True, None, with_targets))
+    out = flash_attention(q, k, v).detach()
+    lse = torch.ops.grokcopy.flash_attention_fwd(q, k, v, None, True, None, False)[1]
+    dout = torch.randn_like(out)
+    torch.library.opcheck(torch.ops.grokcopy.flash_attention_bwd.default,
+                          (dout, q.detach(), k.detach(), v.detach(), out, lse, True, None))

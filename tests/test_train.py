@@ -21,6 +21,12 @@ SMALL = ["--vocab-size", "257", "--n-layers", "1", "--d-model", "32", "--n-heads
          "--log-every", "1", "--quiet", "--dtype", "fp32"]
 
 
+# What a CUDA run computes, on the CPU: bf16 autocast with grokcopy's Triton kernels (through the
+# interpreter here, which tests/conftest.py switches on and the subprocesses inherit).
+PRODUCTION = [*SMALL[: SMALL.index("--dtype")], "--dtype", "bf16", "--attention", "triton", "--norm", "triton",
+              "--mlp", "triton"]
+
+
 def env(**extra):
     return {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo",
             "PYTHONUNBUFFERED": "1", **extra}
@@ -119,10 +125,14 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["ddp", "fsdp2"])
 def test_two_process_run_keeps_ranks_identical(corpus, tmp_path, sharding):
+    """DDP and FSDP2 on the CUDA defaults (bf16 autocast, SDPA attention, Triton norm and MLP) with
+    training-batch stats. (The Triton attention kernel runs in test_bf16_production_path_trains; under
+    the interpreter it would make this two-rank run four times slower.)"""
     out = tmp_path / "ddp"
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(ROOT / "train.py"),
-         *SMALL, "--data", str(corpus), "--max-steps", "12", "--eval-every", "6", "--grad-accum", "2",
+         *PRODUCTION, "--attention", "sdpa", "--data", str(corpus), "--max-steps", "12", "--eval-every", "6",
+         "--grad-accum", "2",
          "--train-stats-every", "4",
          "--out", str(out), *sharding],
         cwd=ROOT, env=env(), capture_output=True, text=True, timeout=600,
@@ -143,6 +153,29 @@ def test_two_process_run_keeps_ranks_identical(corpus, tmp_path, sharding):
                                              for r in records if r["step"] in stats_steps)
     ckpt = final_state(out)
     assert len(ckpt["sampler"]) == 2 and ckpt["sampler"][0]["rank"] == 0 and ckpt["sampler"][1]["rank"] == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "flags",
+    [["--train-stats-every", "2"],  # the Triton stats kernel inside the training forward
+     ["--attention", "sdpa", "--train-stats-every", "2"],  # the CUDA default attention, stats on the side
+     ["--compile", "--eval-every", "0"]],  # the kernels are custom ops: compiled graphs call them as opaque ops
+    ids=["triton-stats", "sdpa-stats", "triton-compile"],
+)
+def test_bf16_production_path_trains(corpus, tmp_path, flags):
+    out = tmp_path / "run"
+    proc = run_train([*PRODUCTION, "--data", str(corpus), "--max-steps", "4", "--eval-every", "4", *flags,
+                      "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "bf16" and config["model"]["norm"] == config["model"]["mlp"] == "triton"
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert all(0 < r["loss"] < 10 for r in records), records  # finite and near ln(257) = 5.5 at the start
+    if "--train-stats-every" in flags:
+        assert [r["step"] for r in records if "train_previous_token_max" in r] == [2, 4]
+    assert ("copy_acc" in records[-1]) == ("--compile" not in flags)
 
 
 def run_main(argv, capsys):
