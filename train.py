@@ -6,12 +6,11 @@
 
 Configuration: `--preset NAME` (model shape and recipe), then `--config FILE.toml` (flat keys named
 like the flags, with underscores), then flags; later ones win. Re-running a command on an existing
-run directory resumes from its latest checkpoint. DDP over torch.distributed (gloo on CPU, nccl on
-CUDA); optional FSDP2 (`--fsdp`) and `--compile`.
+run directory resumes from its latest good checkpoint; a recipe that differs from the checkpoint's is
+refused unless `--change-recipe` says it is meant (then config.json records the change and its step).
+DDP over torch.distributed (gloo on CPU, nccl on CUDA); optional FSDP2 (`--fsdp`) and `--compile`.
 
-Writes to the run directory: config.json, metrics.jsonl (one JSON object per logged step),
-copy_cases.npz (the fixed copy-eval set), checkpoints/step-*.pt, curves.png, and with TensorBoard
-installed tb/ (event files of the same metrics).
+The run directory's format belongs to model/run_dir.py (RunDir).
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import json
 import math
 import os
 import random
@@ -27,6 +25,8 @@ import signal
 import sys
 import time
 import tomllib
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -43,17 +43,15 @@ from torch.distributed.checkpoint.state_dict import (
 
 from data import TokenDataset, WindowSampler
 from data.prepare import ensure_default_corpus
-from evals.copying import copy_metrics, load_or_make_copy_cases, make_repeat_batch, repeat_metrics
-from evals.curves import plot_curves, read_metrics, run_summary
+from evals.copying import MIN_SEQ_LEN, copy_metrics, load_or_make_copy_cases, make_repeat_batch, repeat_metrics
+from evals.curves import plot_curves, run_summary
 from evals.scores import batch_text_scores, text_scores, text_targets
 from evals.tensorboard import TensorBoardLog, tensorboard_available
 from model import PRESETS, Llama, LlamaConfig
-from model.checkpoint import RunDirInUse, checkpoint_path, list_checkpoints, lock_run_dir, save_atomically
 from model.hf import load_hf_weights, model_shape_from_hf, read_hf_config
+from model.run_dir import CheckpointError, MetricsLog, NotARunError, RunDir, RunDirInUse
 
 MODEL_FIELDS = {f.name for f in fields(LlamaConfig)}
-# Fault injection for the crash-resume test: SIGKILL this process right after this step.
-CRASH_AT_STEP = int(os.environ.get("GROKCOPY_CRASH_AT_STEP", 0))
 
 
 @dataclass
@@ -69,7 +67,7 @@ class TrainConfig:
     global_batch: int = 0  # if set: sequences per optimizer step, all ranks; sets grad_accum
     seq_len: int = 256
     lr: float = 1e-3
-    min_lr: float = -1.0  # cosine floor; < 0: a tenth of lr
+    min_lr: float | None = None  # cosine floor; None: a tenth of lr
     warmup_steps: int = 100
     schedule: str = "cosine"  # cosine | constant
     weight_decay: float = 0.1
@@ -93,6 +91,14 @@ class TrainConfig:
     quiet: bool = False
     init_from_hf: str = ""  # an HF Llama directory: its shape and weights start a fresh run
     tensorboard: bool | None = None  # event files in <run>/tb; None: on when tensorboard is installed
+    change_recipe: bool = False  # on resume: accept recipe fields that differ from the checkpoint's
+
+
+# What a resumed run may change freely (how it is run and logged); anything else in TrainConfig is
+# the recipe, which changes only with --change-recipe (and never the data order's world size).
+RUN_FIELDS = {"out", "max_steps", "log_every", "eval_every", "train_stats_every", "ckpt_every", "keep_ckpts",
+              "device", "dtype", "compile", "fsdp", "quiet", "init_from_hf", "tensorboard", "change_recipe",
+              "preset", "global_batch"}
 
 
 class ConfigError(ValueError):
@@ -100,23 +106,50 @@ class ConfigError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------
-# Configuration: preset < config file < flags
+# Configuration: preset < config file < flags, each value checked against its annotated type
+
+
+def field_types(cls) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def scalar_type(hint) -> tuple[type, bool]:
+    """(the scalar type, whether None is allowed) of an annotation like int, float | None, bool | None."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (inner,) = [a for a in args if a is not type(None)]
+        return inner, True
+    return hint, False
+
+
+def check_type(name: str, value, hint, source: str) -> object:
+    """`value` as the annotated type, or ConfigError naming the field: 20.5 is no int, "no" no bool."""
+    kind, optional = scalar_type(hint)
+    if value is None and optional:
+        return None
+    ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, int | float) and not isinstance(value, bool), str: isinstance(value, str)}[kind]
+    if not ok:
+        raise ConfigError(f"{source} {name} = {value!r} is not {'an' if kind is int else 'a'} {kind.__name__}")
+    return float(value) if kind is float else value
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, LlamaConfig]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", help="TOML file of field = value (flags override it)")
-    for f in [*fields(TrainConfig), *(f for f in fields(LlamaConfig) if f.name in MODEL_FIELDS)]:
+    hints = {**field_types(TrainConfig), **field_types(LlamaConfig)}
+    for f in [*fields(TrainConfig), *fields(LlamaConfig)]:
         flag = "--" + f.name.replace("_", "-")
-        if f.type in ("bool", bool, "bool | None"):
+        kind, _ = scalar_type(hints[f.name])
+        if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
         else:
-            kind = {"int": int, "float": float, "str": str, "int | None": int}.get(str(f.type), str)
             parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper())
     args = vars(parser.parse_args(argv))
     overrides = {}
-    if args.pop("config"):
-        overrides.update(load_toml(Path(parser.parse_args(argv).config)))
+    config_file = args.pop("config")
+    if config_file:
+        overrides.update(load_toml(Path(config_file)))
     overrides.update({k: v for k, v in args.items() if v is not None})
     return resolve_config(overrides)
 
@@ -124,16 +157,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, LlamaConfig]
 def load_toml(path: Path) -> dict:
     if not path.is_file():
         raise ConfigError(f"--config {path}: no such file")
-    with open(path, "rb") as f:
-        try:
+    try:
+        with open(path, "rb") as f:
             values = tomllib.load(f)
-        except tomllib.TOMLDecodeError as e:
-            raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
-    known = {f.name for f in fields(TrainConfig)} | MODEL_FIELDS
-    unknown = sorted(set(values) - known)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--config {path}: not valid TOML ({e})") from None
+    hints = {**field_types(TrainConfig), **field_types(LlamaConfig)}
+    unknown = sorted(set(values) - set(hints))
     if unknown:
         raise ConfigError(f"--config {path}: unknown keys {unknown}")
-    return values
+    return {k: check_type(k, v, hints[k], f"--config {path}:") for k, v in values.items()}
 
 
 def resolve_config(overrides: dict) -> tuple[TrainConfig, LlamaConfig]:
@@ -154,7 +187,7 @@ def resolve_config(overrides: dict) -> tuple[TrainConfig, LlamaConfig]:
     except (TypeError, ValueError) as e:
         raise ConfigError(f"model config: {e}") from None
     cfg = TrainConfig(**train_values)
-    if cfg.min_lr < 0:  # the default, or asked for: the cosine floor follows lr
+    if cfg.min_lr is None:  # the cosine floor follows lr
         cfg.min_lr = 0.1 * cfg.lr
     validate(cfg, model_cfg)
     return cfg, model_cfg
@@ -169,7 +202,7 @@ def hf_model_shape(path: str, model_flags: dict) -> dict:
         shape = model_shape_from_hf(read_hf_config(path))
     except (FileNotFoundError, ValueError) as e:
         raise ConfigError(f"--init-from-hf {path}: {e}") from None
-    hf_kv_heads = shape["n_kv_heads"] or shape["n_heads"]  # None means as many as n_heads
+    hf_kv_heads = LlamaConfig(**{**LlamaConfig().to_dict(), **shape}).kv_heads
     for name, value in model_flags.items():
         theirs = hf_kv_heads if name == "n_kv_heads" else shape.get(name, value)
         if value != theirs:
@@ -179,6 +212,9 @@ def hf_model_shape(path: str, model_flags: dict) -> dict:
 
 
 def validate(cfg: TrainConfig, model_cfg: LlamaConfig) -> None:
+    hints = field_types(TrainConfig)
+    for f in fields(TrainConfig):  # values from a preset or a caller are typed too, not only the file's
+        check_type(f.name, getattr(cfg, f.name), hints[f.name], "--" + f.name.replace("_", "-") + ":")
     checks = [
         ("lr", cfg.lr > 0, "must be > 0"),
         ("min_lr", 0 <= cfg.min_lr <= cfg.lr, f"must be in [0, lr={cfg.lr}]"),
@@ -186,14 +222,16 @@ def validate(cfg: TrainConfig, model_cfg: LlamaConfig) -> None:
         ("batch_size", cfg.batch_size >= 1, "must be >= 1"),
         ("grad_accum", cfg.grad_accum >= 1, "must be >= 1"),
         ("global_batch", cfg.global_batch >= 0, "must be >= 0 (0: batch_size x grad_accum x ranks)"),
-        ("seq_len", 36 <= cfg.seq_len <= model_cfg.context,
-         f"must be in [36, context={model_cfg.context}] (copy cases need 36 tokens)"),
+        ("seq_len", MIN_SEQ_LEN <= cfg.seq_len <= model_cfg.context,
+         f"must be in [{MIN_SEQ_LEN}, context={model_cfg.context}] (copy cases need {MIN_SEQ_LEN} tokens)"),
         ("warmup_steps", cfg.warmup_steps >= 0, "must be >= 0"),
         ("schedule", cfg.schedule in ("cosine", "constant"), "must be 'cosine' or 'constant'"),
         ("weight_decay", cfg.weight_decay >= 0, "must be >= 0"),
         ("beta1", 0 <= cfg.beta1 < 1, "must be in [0, 1)"),
         ("beta2", 0 <= cfg.beta2 < 1, "must be in [0, 1)"),
+        ("eps", cfg.eps > 0, "must be > 0"),
         ("grad_clip", cfg.grad_clip >= 0, "must be >= 0 (0: no clipping)"),
+        ("seed", cfg.seed >= 0, "must be >= 0"),
         ("log_every", cfg.log_every >= 1, "must be >= 1"),
         ("eval_every", cfg.eval_every >= 0, "must be >= 0 (0: no evals)"),
         ("train_stats_every", cfg.train_stats_every >= 0, "must be >= 0 (0: never)"),
@@ -222,6 +260,12 @@ def finish_config(cfg: TrainConfig, model_cfg: LlamaConfig, world: int, data_voc
     if data_vocab > model_cfg.vocab_size:
         raise ConfigError(f"--data has vocab_size {data_vocab}, larger than the model's vocab_size "
                           f"{model_cfg.vocab_size}")
+
+
+def recipe_changes(saved: dict, cfg: TrainConfig) -> dict[str, list]:
+    """{field: [checkpoint's value, this run's value]} for every recipe field that differs."""
+    now = asdict(cfg)
+    return {k: [v, now[k]] for k, v in saved.items() if k in now and k not in RUN_FIELDS and v != now[k]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +348,350 @@ class StopSignal:
         self.received = signum
 
 
+@dataclass
+class Corpus:
+    dir: Path
+    meta: dict
+    train: TokenDataset
+    val: TokenDataset
+
+
+def load_corpus(cfg: TrainConfig, model_cfg: LlamaConfig, world: int, master: bool) -> Corpus:
+    """--data, or the embedded corpus, prepared on first use (rank 0 builds, the others wait)."""
+    import json
+
+    if cfg.data:
+        data_dir = Path(cfg.data)
+        if not (data_dir / "meta.json").is_file():
+            raise ConfigError(f"--data {data_dir}: not a prepared corpus (no meta.json); "
+                              "make one with `python -m data.prepare`")
+    else:
+        # the model's vocab picks the tokenizer: 257 is raw bytes, anything else a BPE of that size
+        corpus = {"bytes_level": model_cfg.vocab_size == 257, "vocab_size": model_cfg.vocab_size}
+        if master:
+            ensure_default_corpus(**corpus, progress=not cfg.quiet)
+        if world > 1:
+            dist.barrier()
+        data_dir = ensure_default_corpus(**corpus, progress=False)
+    meta = json.loads((data_dir / "meta.json").read_text())
+    finish_config(cfg, model_cfg, world, meta["vocab_size"])
+    return Corpus(data_dir, meta, TokenDataset(data_dir / "train"), TokenDataset(data_dir / "val"))
+
+
+@dataclass
+class Resume:
+    """Where a run continues: nothing (a fresh run) or a verified checkpoint's state."""
+
+    state: dict | None
+    step: int = 0
+    tokens: int = 0
+
+
+def open_run_dir(cfg: TrainConfig, model_cfg: LlamaConfig, corpus: Corpus, world: int, master: bool,
+                 log) -> tuple[RunDir, Resume]:
+    """Lock the run directory (rank 0), load its newest good checkpoint and check that this run may
+    continue it; write config.json and cut metrics.jsonl back to the checkpoint's step."""
+    run = RunDir(cfg.out or f"runs/{cfg.preset}")
+    if master:  # held until this process ends; a second trainer on the same --out stops here
+        try:
+            run.lock()
+        except RunDirInUse as e:
+            raise ConfigError(f"--out {e}: wait for it to finish or choose another --out") from None
+        except NotARunError as e:
+            raise ConfigError(f"--out {e}") from None
+    resume = Resume(None)
+    if run.checkpoints():
+        try:
+            state, checkpoint = run.load_state(warn=log)
+        except CheckpointError as e:
+            raise ConfigError(f"--out {run.path}: {e}; move the damaged files away to start afresh") from None
+        resume = Resume(state, state["step"], state.get("tokens", state["step"] * tokens_per_step(cfg, world)))
+        check_resume(cfg, model_cfg, state, world, run)
+    if master:
+        history = run.read_config().get("recipe_changes", []) if run.config_path.is_file() else []
+        changes = recipe_changes(resume.state["config"], cfg) if resume.state else {}
+        if changes:
+            history = [*history, {"step": resume.step, "changes": changes}]
+        run.write_config({**asdict(cfg), "model": model_cfg.to_dict(), "data_dir": str(corpus.dir),
+                          "world_size": world, "data_meta": corpus.meta, "recipe_changes": history})
+        run.truncate_metrics(resume.step)  # drops what was logged after the checkpoint (and a cut line)
+    return run, resume
+
+
+def check_resume(cfg: TrainConfig, model_cfg: LlamaConfig, state: dict, world: int, run: RunDir) -> None:
+    if model_shape(state["model_config"]) != model_shape(model_cfg.to_dict()):
+        raise ConfigError(f"--out {run.path} holds a run of another model shape; choose another --out")
+    if len(state["sampler"]) != world:
+        raise ConfigError(f"--out {run.path} was trained on {len(state['sampler'])} rank(s), this run has {world}: "
+                          "resume with the same number of processes")
+    if cfg.max_steps < state["step"]:
+        raise ConfigError(f"--max-steps {cfg.max_steps} is below the step the run has reached ({state['step']}) "
+                          f"in {run.path}: raise it to continue, or choose another --out")
+    changes = recipe_changes(state["config"], cfg)
+    if changes and not cfg.change_recipe:
+        listed = ", ".join(f"--{k.replace('_', '-')} {old!r} -> {new!r}" for k, (old, new) in changes.items())
+        raise ConfigError(f"--out {run.path} was trained with another recipe ({listed}); pass the same values, "
+                          "or --change-recipe to continue with these (recorded in config.json)")
+
+
+def tokens_per_step(cfg: TrainConfig, world: int) -> int:
+    return cfg.batch_size * cfg.seq_len * cfg.grad_accum * world
+
+
+def build_model(cfg: TrainConfig, model_cfg: LlamaConfig, device: torch.device, world: int, fresh: bool, log):
+    """(model, the module the loop calls: DDP / FSDP2 / compiled, optimizer), seeded from cfg.seed."""
+    torch.manual_seed(cfg.seed)
+    model = Llama(model_cfg).to(device)
+    if cfg.init_from_hf and fresh:  # a resumed run continues from its checkpoint instead
+        load_hf_weights(model, cfg.init_from_hf)
+        log(f"initialised from the weights in {cfg.init_from_hf}")
+    if cfg.fsdp:
+        from torch.distributed.fsdp import fully_shard
+
+        for block in model.blocks:
+            fully_shard(block)
+        fully_shard(model)
+    train_model = model
+    if world > 1 and not cfg.fsdp:
+        train_model = torch.nn.parallel.DistributedDataParallel(model)
+    if cfg.compile:
+        train_model = torch.compile(train_model)
+    return model, train_model, make_optimizer(model, cfg, fused=device.type == "cuda")
+
+
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def restore(model, optimizer, sampler: WindowSampler, state: dict, rank: int) -> None:
+    set_model_state_dict(model, state["model"], options=FULL_STATE)
+    set_optimizer_state_dict(model, optimizer, state["optimizer"], options=FULL_STATE)
+    sampler.load_state_dict(state["sampler"][rank])
+    set_rng_state(state["rng"][rank])
+
+
+def save_checkpoint(run: RunDir, model, optimizer, sampler, cfg: TrainConfig, model_cfg: LlamaConfig,
+                    step: int, tokens: int, world: int, master: bool) -> bool:
+    """Write a checkpoint, unless a parameter is not finite (then write nothing, return False):
+    a diverged update must never replace the last good checkpoint."""
+    device = next(model.parameters()).device
+    finite = torch.tensor(float(all(bool(torch.isfinite(p).all()) for p in model.parameters())), device=device)
+    if world > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # FSDP: each rank holds a shard
+    if not finite:
+        return False
+    state = {
+        "model": get_model_state_dict(model, options=FULL_STATE),
+        "optimizer": get_optimizer_state_dict(model, optimizer, options=FULL_STATE),
+        "sampler": gather(sampler.state_dict(), world),
+        "rng": gather(rng_state(), world),
+    }
+    if master:
+        state.update(step=step, tokens=tokens, config=asdict(cfg), model_config=model_cfg.to_dict())
+        run.save_checkpoint(state, step, keep=cfg.keep_ckpts)
+    if world > 1:
+        dist.barrier()
+    return True
+
+
+class EvalSet:
+    """The fixed eval inputs: copy cases stored in the run directory, repeated random tokens and 32
+    validation windows. Every rank evaluates (an FSDP forward is a collective, so all ranks must
+    take part); the inputs are deterministic, so all ranks compute the same numbers."""
+
+    def __init__(self, run: RunDir, corpus: Corpus, seq_len: int, master: bool, log):
+        eot = corpus.meta["tokenizer"]["eot_id"]
+        self.copy_cases = load_or_make_copy_cases(run.copy_cases_path, corpus.val, seq_len, eot, save=master,
+                                                  warn=log)
+        self.repeat_tokens, self.repeat_periods = make_repeat_batch(corpus.meta["vocab_size"], seq_len)
+        self.val_windows = WindowSampler(corpus.val, seq_len + 1, seed=999).next_batch(32)
+
+
+@torch.no_grad()
+def evaluate(model: Llama, evals: EvalSet, autocast, device: torch.device) -> dict:
+    """Val loss, the copy metrics, repeated-token accuracy and induction scores, and the text scores."""
+    model.eval()
+    with autocast:
+        val = torch.as_tensor(evals.val_windows, device=device)
+        result = {"val_loss": float(model.loss(val[:, :-1], val[:, 1:])),
+                  **copy_metrics(model, evals.copy_cases, device),
+                  **repeat_metrics(model, evals.repeat_tokens, evals.repeat_periods, device),
+                  **text_scores(model, val[:, :-1], device)}
+    model.train()
+    return result
+
+
+@dataclass
+class StepResult:
+    loss: float
+    grad_norm: float
+    stop: bool  # a rank received SIGTERM/SIGINT: every rank checkpoints and leaves after this step
+    train_stats: dict | None
+
+
+def train_step(train_model, model, optimizer, sampler: WindowSampler, cfg: TrainConfig, step: int, autocast,
+               stop: StopSignal, world: int) -> StepResult:
+    """One optimizer step over grad_accum micro-batches. The update is skipped when the loss or the
+    gradient norm is not finite (the caller stops the run), so the parameters are never poisoned."""
+    device = next(model.parameters()).device
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    loss_sum, train_stats = torch.zeros((), device=device), None
+    for micro in range(cfg.grad_accum):
+        batch = torch.as_tensor(sampler.next_batch(cfg.batch_size), device=device)
+        sync = micro == cfg.grad_accum - 1 or world == 1 or cfg.fsdp
+        with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast:
+            if micro == 0 and cfg.train_stats_every and (step + 1) % cfg.train_stats_every == 0:
+                targets = text_targets(batch[:, :-1])
+                logits, stats = train_model(batch[:, :-1], attention_targets=targets)
+                train_stats = batch_text_scores(stats, targets)
+            else:
+                logits = train_model(batch[:, :-1])
+            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+            (loss / cfg.grad_accum).backward()
+        loss_sum += loss.detach()
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
+    # one all-reduce carries the loss and the stop flag, so every rank decides alike
+    stop_flag = torch.tensor(float(stop.received is not None), device=device)
+    flags = torch.stack([loss_sum / cfg.grad_accum, stop_flag])
+    if world > 1:
+        dist.all_reduce(flags)
+        flags[0] /= world
+    result = StepResult(float(flags[0]), grad_norm, bool(flags[1] > 0), train_stats)
+    if math.isfinite(result.loss) and math.isfinite(grad_norm):
+        optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return result
+
+
+class Progress:
+    """The tqdm bar on rank 0: loss, token-level copy gain, the best induction score, tokens/s."""
+
+    def __init__(self, cfg: TrainConfig, step: int, master: bool):
+        self.bar = None
+        if master and not cfg.quiet:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True)
+        self.shown = {"copy": float("nan"), "induction": float("nan"), "tok_s": float("nan")}
+
+    def update(self, loss: float, record: dict | None) -> None:
+        if self.bar is None:
+            return
+        if record and "copy_token_acc" in record:
+            self.shown["copy"] = record["copy_token_acc"] - record["copy_control_token_acc"]
+            self.shown["induction"] = max(record["induction_max"])
+        if record and "tokens_per_s" in record:
+            self.shown["tok_s"] = record["tokens_per_s"]
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{loss:.3f}", copy_gain=f"{self.shown['copy']:+.2f}",
+                             induction=f"{self.shown['induction']:.2f}", tok_s=f"{self.shown['tok_s']:.0f}",
+                             refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Throughput:
+    """tokens/s between logged steps, with eval time left out."""
+
+    def __init__(self):
+        self.start = self.last = time.time()
+
+    def record(self, step: int, cfg: TrainConfig, tokens: int, per_step: int, res: StepResult) -> dict:
+        now = time.time()
+        interval = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
+        rate, self.last = interval * per_step / (now - self.last), now
+        return {"step": step, "tokens": tokens, "loss": res.loss, "lr": lr_at(step - 1, cfg),
+                "grad_norm": res.grad_norm, "tokens_per_s": rate, "elapsed_s": now - self.start}
+
+    def skip_eval_time(self) -> None:
+        self.last = time.time()
+
+
+def diverged(run: RunDir, what: str, step: int, log) -> int:
+    last = run.checkpoints()
+    log(f"error: {what} at step {step}; stopping. The last good checkpoint is "
+        f"{last[-1].path if last else '(none yet)'}; lower --lr or check the data.")
+    return 3
+
+
+def finish(run: RunDir, model, cfg: TrainConfig, step: int, world: int, master: bool, wall_s: float, log) -> int:
+    """final.json with every rank's parameter digest (they must agree after DDP training), the
+    summary and curves.png."""
+    digests = gather(parameter_digest(model), world)
+    if not master:
+        return 0
+    run.write_final({"step": step, "param_sha256_per_rank": digests})
+    if len(set(digests)) != 1:
+        log(f"error: parameters differ across ranks after training: {digests}")
+        return 4
+    records = run.read_metrics()[0]
+    log(run_summary(records, wall_s=wall_s))
+    if any("copy_gain" in r for r in records):
+        plot_curves(records, run.curves_path, title=f"{run.path.name} ({cfg.preset})")
+        log(f"curves: {run.curves_path}")
+    return 0
+
+
 # ---------------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: int, master: bool) -> int:
+    log = (lambda *a: None) if not master else (lambda *a: print(*a, flush=True))
+    corpus = load_corpus(cfg, model_cfg, world, master)
+    run, resume = open_run_dir(cfg, model_cfg, corpus, world, master, log)
+    sampler = WindowSampler(corpus.train, cfg.seq_len + 1, seed=cfg.seed, rank=rank, world_size=world)
+    model, train_model, optimizer = build_model(cfg, model_cfg, device, world, resume.state is None, log)
+    step, tokens, per_step = resume.step, resume.tokens, tokens_per_step(cfg, world)
+    if resume.state is not None:
+        restore(model, optimizer, sampler, resume.state, rank)
+        log(f"resuming {run.path} from step {step}")
+    del resume
+    metrics = MetricsLog(run, sinks(cfg, run, step)) if master else None
+    evals = EvalSet(run, corpus, cfg.seq_len, master, log)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype in ("auto", "bf16"))
+    save = lambda: save_checkpoint(run, model, optimizer, sampler, cfg, model_cfg, step, tokens, world, master)  # noqa: E731
+    stop, progress, clock = StopSignal(), Progress(cfg, step, master), Throughput()
+
+    model.train()
+    while step < cfg.max_steps:
+        res = train_step(train_model, model, optimizer, sampler, cfg, step, autocast, stop, world)
+        if not (math.isfinite(res.loss) and math.isfinite(res.grad_norm)):
+            what = f"loss is {res.loss}" if not math.isfinite(res.loss) else f"gradient norm is {res.grad_norm}"
+            return diverged(run, what, step + 1, log)
+        step, tokens = step + 1, tokens + per_step
+        record = clock.record(step, cfg, tokens, per_step, res) if step % cfg.log_every == 0 or \
+            step == cfg.max_steps else None
+        if res.train_stats is not None or (cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps)):
+            record = record or {"step": step, "tokens": tokens, "loss": res.loss}
+            record.update(res.train_stats or {})
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
+            record.update(evaluate(model, evals, autocast, device))
+            clock.skip_eval_time()
+        if metrics is not None and record is not None:
+            metrics.write(record)
+        progress.update(res.loss, record)
+        if res.stop or step == cfg.max_steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
+            if not save():
+                return diverged(run, "parameters are not finite after the update", step, log)
+        if res.stop:
+            log(f"\nstopped by signal at step {step}; checkpoint saved in {run.checkpoints_dir}")
+            return 0
+    progress.close()
+    if metrics is not None:
+        metrics.close()
+    code = finish(run, model, cfg, step, world, master, time.time() - clock.start, log)
+    if world > 1:  # the ranks leave together: none tears its connections down while rank 0 still writes
+        dist.barrier()
+    return code
+
+
+def sinks(cfg: TrainConfig, run: RunDir, step: int) -> list:
+    """Where each metrics record goes besides metrics.jsonl: TensorBoard when installed (or asked for)."""
+    if not (cfg.tensorboard if cfg.tensorboard is not None else tensorboard_available()):
+        return []
+    return [TensorBoardLog(run.tensorboard_dir, purge_step=step + 1 if step else None)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -340,240 +727,6 @@ def main(argv: list[str] | None = None) -> int:
             # a rank aborted ("terminate called without an active exception", 1 run in 16)
             gc.collect()
             dist.destroy_process_group()
-
-
-def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: int, master: bool) -> int:
-    log = (lambda *a: None) if not master else (lambda *a: print(*a, flush=True))
-
-    # --- data: the embedded corpus is prepared on first use (rank 0 builds, the others wait)
-    if cfg.data:
-        data_dir = Path(cfg.data)
-        if not (data_dir / "meta.json").is_file():
-            raise ConfigError(f"--data {data_dir}: not a prepared corpus (no meta.json); "
-                              "make one with `python -m data.prepare`")
-    else:
-        # the model's vocab picks the tokenizer: 257 is raw bytes, anything else a BPE of that size
-        corpus = {"bytes_level": model_cfg.vocab_size == 257, "vocab_size": model_cfg.vocab_size}
-        if master:
-            ensure_default_corpus(**corpus, progress=not cfg.quiet)
-        if world > 1:
-            dist.barrier()
-        data_dir = ensure_default_corpus(**corpus, progress=False)
-    meta = json.loads((data_dir / "meta.json").read_text())
-    finish_config(cfg, model_cfg, world, meta["vocab_size"])
-    train_data, val_data = TokenDataset(data_dir / "train"), TokenDataset(data_dir / "val")
-    sampler = WindowSampler(train_data, cfg.seq_len + 1, seed=cfg.seed, rank=rank, world_size=world)
-
-    # --- run directory and resume
-    run_dir = Path(cfg.out or f"runs/{cfg.preset}")
-    if master:  # held until this process ends; a second trainer on the same --out stops here
-        try:
-            run_dir_lock = lock_run_dir(run_dir)  # noqa: F841 (the open file is the lock)
-        except RunDirInUse as e:
-            raise ConfigError(f"--out {e}: wait for it to finish or choose another --out") from None
-    checkpoints = list_checkpoints(run_dir)
-    resume = torch.load(checkpoints[-1], map_location="cpu", weights_only=False) if checkpoints else None
-    if resume is not None and model_shape(resume["model_config"]) != model_shape(model_cfg.to_dict()):
-        raise ConfigError(f"--out {run_dir} holds a run of another model shape; choose another --out")
-    if master:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        resolved = {**asdict(cfg), "model": model_cfg.to_dict(), "data_dir": str(data_dir), "world_size": world,
-                    "data_meta": meta}
-        (run_dir / "config.json").write_text(json.dumps(resolved, indent=2) + "\n")
-
-    # --- model, optimizer
-    torch.manual_seed(cfg.seed)
-    model = Llama(model_cfg).to(device)
-    if cfg.init_from_hf and resume is None:  # a resumed run continues from its checkpoint instead
-        load_hf_weights(model, cfg.init_from_hf)
-        log(f"initialised from the weights in {cfg.init_from_hf}")
-    if cfg.fsdp:
-        from torch.distributed.fsdp import fully_shard
-
-        for block in model.blocks:
-            fully_shard(block)
-        fully_shard(model)
-    train_model = model
-    if world > 1 and not cfg.fsdp:
-        train_model = torch.nn.parallel.DistributedDataParallel(model)
-    if cfg.compile:
-        train_model = torch.compile(train_model)
-    optimizer = make_optimizer(model, cfg, fused=device.type == "cuda")
-    # auto = bf16 autocast on CUDA and on the CPU alike: on the 2-core CPU it is 1.3x faster than
-    # fp32 for `tiny` (8.2 vs 6.1 steps/s, one thread) and it is what showed the copy surge.
-    use_bf16 = cfg.dtype in ("auto", "bf16")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16)
-    full = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-    step = 0
-    if resume is not None:
-        set_model_state_dict(model, resume["model"], options=full)
-        set_optimizer_state_dict(model, optimizer, resume["optimizer"], options=full)
-        sampler.load_state_dict(resume["sampler"][rank])
-        set_rng_state(resume["rng"][rank])
-        step = resume["step"]
-        log(f"resuming {run_dir} from step {step} ({checkpoints[-1].name})")
-    del resume
-
-    metrics_path = run_dir / "metrics.jsonl"
-    if master:  # drop what was logged after the checkpoint we resume from (and a line cut by a kill)
-        kept = [r for r in read_metrics(metrics_path)[0] if r["step"] <= step] if step else []
-        metrics_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
-    tensorboard = None
-    if master and (cfg.tensorboard if cfg.tensorboard is not None else tensorboard_available()):
-        tensorboard = TensorBoardLog(run_dir / "tb", purge_step=step + 1 if step else None)
-
-    def save_checkpoint() -> bool:
-        """Write a checkpoint, unless a parameter is not finite (then write nothing, return False):
-        a diverged update must never replace the last good checkpoint."""
-        finite = torch.tensor(float(all(bool(torch.isfinite(p).all()) for p in model.parameters())), device=device)
-        if world > 1:
-            dist.all_reduce(finite, op=dist.ReduceOp.MIN)  # FSDP: each rank holds a shard
-        if not finite:
-            return False
-        state = {
-            "model": get_model_state_dict(model, options=full),
-            "optimizer": get_optimizer_state_dict(model, optimizer, options=full),
-            "sampler": gather(sampler.state_dict(), world),
-            "rng": gather(rng_state(), world),
-        }
-        if master:
-            state.update(step=step, config=asdict(cfg), model_config=model_cfg.to_dict())
-            save_atomically(state, checkpoint_path(run_dir, step))
-            for old in list_checkpoints(run_dir)[: -cfg.keep_ckpts]:
-                old.unlink()
-        if world > 1:
-            dist.barrier()
-        return True
-
-    def diverged(what: str) -> int:
-        last = list_checkpoints(run_dir)
-        log(f"error: {what} at step {step + 1}; stopping. The last good checkpoint is "
-            f"{last[-1] if last else '(none yet)'}; lower --lr or check the data.")
-        return 3
-
-    # --- evals: fixed copy cases stored in the run directory, repeated random tokens, val loss.
-    # Every rank evaluates (an FSDP forward is a collective, so all ranks must take part); the
-    # inputs are deterministic, so all ranks compute the same numbers and rank 0 logs them.
-    eot = meta["tokenizer"]["eot_id"]
-    copy_cases = load_or_make_copy_cases(run_dir / "copy_cases.npz", val_data, cfg.seq_len, eot, save=master)
-    repeat_tokens, repeat_periods = make_repeat_batch(meta["vocab_size"], cfg.seq_len)
-    val_windows = WindowSampler(val_data, cfg.seq_len + 1, seed=999).next_batch(32)
-
-    def evaluate() -> dict:
-        model.eval()
-        with torch.no_grad(), autocast:
-            val = torch.as_tensor(val_windows, device=device)
-            result = {"val_loss": float(model.loss(val[:, :-1], val[:, 1:])),
-                      **copy_metrics(model, copy_cases, device),
-                      **repeat_metrics(model, repeat_tokens, repeat_periods, device),
-                      **text_scores(model, val[:, :-1], device)}
-        model.train()
-        return result
-
-    # --- the loop
-    stop = StopSignal()
-    tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum * world
-    bar = None
-    if master and not cfg.quiet:
-        from tqdm import tqdm
-
-        bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True)
-    t_start, t_last = time.time(), time.time()
-    last_copy, last_tokens_per_s = float("nan"), float("nan")  # shown in the progress bar
-    model.train()
-    while step < cfg.max_steps:
-        lr = lr_at(step, cfg)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss_sum = torch.zeros((), device=device)
-        train_stats = None
-        for micro in range(cfg.grad_accum):
-            batch = torch.as_tensor(sampler.next_batch(cfg.batch_size), device=device)
-            sync = micro == cfg.grad_accum - 1 or world == 1 or cfg.fsdp
-            with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast:
-                if micro == 0 and cfg.train_stats_every and (step + 1) % cfg.train_stats_every == 0:
-                    targets = text_targets(batch[:, :-1])
-                    logits, stats = train_model(batch[:, :-1], attention_targets=targets)
-                    train_stats = batch_text_scores(stats, targets)
-                else:
-                    logits = train_model(batch[:, :-1])
-                loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
-                (loss / cfg.grad_accum).backward()
-            loss_sum += loss.detach()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf"))
-        # one all-reduce carries the loss and the stop flag, so every rank decides alike
-        stop_flag = torch.tensor(float(stop.received is not None), device=device)
-        flags = torch.stack([loss_sum / cfg.grad_accum, stop_flag])
-        if world > 1:
-            dist.all_reduce(flags)
-            flags[0] /= world
-        step_loss, stopping = float(flags[0]), bool(flags[1] > 0)
-        if not math.isfinite(step_loss):
-            return diverged(f"loss is {step_loss}")
-        if not math.isfinite(float(grad_norm)):  # stop before the update poisons the parameters
-            return diverged(f"gradient norm is {float(grad_norm)}")
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        if step == CRASH_AT_STEP:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-        record = None
-        if step % cfg.log_every == 0 or step == cfg.max_steps:
-            now = time.time()
-            interval = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
-            record = {"step": step, "tokens": step * tokens_per_step, "loss": step_loss, "lr": lr,
-                      "grad_norm": float(grad_norm), "tokens_per_s": interval * tokens_per_step / (now - t_last),
-                      "elapsed_s": now - t_start}
-            t_last = now
-        if train_stats is not None:
-            record = {**(record or {"step": step, "tokens": step * tokens_per_step, "loss": step_loss}),
-                      **train_stats}
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            record = {**(record or {"step": step, "tokens": step * tokens_per_step, "loss": step_loss}),
-                      **evaluate()}
-            last_copy = record["copy_acc"]
-            t_last = time.time()  # evals do not count against throughput
-        if master and record is not None:
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            if tensorboard is not None:  # the same record, so both hold the same numbers
-                tensorboard.write(record)
-        if bar is not None:
-            bar.update(1)
-            if record is not None and "tokens_per_s" in record:
-                last_tokens_per_s = record["tokens_per_s"]
-            bar.set_postfix(loss=f"{step_loss:.3f}", copy=f"{last_copy:.2f}", tok_s=f"{last_tokens_per_s:.0f}",
-                            refresh=False)
-        if stopping or step == cfg.max_steps or (cfg.ckpt_every and step % cfg.ckpt_every == 0):
-            if not save_checkpoint():
-                step -= 1  # the message names the step whose update diverged
-                return diverged("parameters are not finite after the update")
-        if stopping:
-            log(f"\nstopped by signal at step {step}; checkpoint saved in {run_dir / 'checkpoints'}")
-            return 0
-    if bar is not None:
-        bar.close()
-    if tensorboard is not None:
-        tensorboard.close()
-
-    # every rank's parameters must be identical after DDP training: check it rather than assume it
-    digests = gather(parameter_digest(model), world)
-    if master:
-        (run_dir / "final.json").write_text(json.dumps({"step": step, "param_sha256_per_rank": digests}) + "\n")
-        if len(set(digests)) != 1:
-            log(f"error: parameters differ across ranks after training: {digests}")
-            return 4
-    if master:
-        records = read_metrics(metrics_path)[0]
-        log(run_summary(records, wall_s=time.time() - t_start))
-        if any("copy_gain" in r for r in records):
-            plot_curves(records, run_dir / "curves.png", title=f"{run_dir.name} ({cfg.preset})")
-            log(f"curves: {run_dir / 'curves.png'}")
-    if world > 1:  # the ranks leave together: none tears its connections down while rank 0 still writes
-        dist.barrier()
-    return 0
 
 
 if __name__ == "__main__":

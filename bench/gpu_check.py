@@ -231,9 +231,10 @@ def collect_run(run_dir: Path, out: Path) -> None:
         if (run_dir / name).is_file():
             shutil.copy(run_dir / name, out / f"run-{name}")
     try:
-        from evals.curves import plot_curves, read_metrics
+        from evals.curves import plot_curves
+        from model.run_dir import RunDir
 
-        records = read_metrics(run_dir / "metrics.jsonl")[0]
+        records = RunDir(run_dir).read_metrics()[0]
         if any("copy_gain" in r for r in records):
             plot_curves(records, out / "run-curves.png", title="paper-162m, stdlib BPE-32k")
     except Exception as e:  # the figure is a convenience; the metrics are already kept

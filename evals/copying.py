@@ -19,14 +19,20 @@ the key one after the previous occurrence of the current token (t - L + 1), over
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from data.atomic import write_atomically
+
 PREFIX_TOKENS = 12
 SUFFIX_TOKENS = 6
+# A copy case is a window holding the prefix and suffix (at least 18 tokens), then the prefix and
+# suffix again: the shortest sequence a copy eval can use.
+MIN_SEQ_LEN = 2 * (PREFIX_TOKENS + SUFFIX_TOKENS)
 N_COPY_CASES = 200  # the first 50 are the paper's set; 200 keep the figure from being noisy
 N_REPEAT_SEQUENCES = 64
 
@@ -39,7 +45,8 @@ class CopyCases:
     control: np.ndarray
 
     def save(self, path: str | os.PathLike) -> None:
-        np.savez(path, copy=self.copy, control=self.control)
+        """Atomically: a kill mid-write leaves the old file or none, never a truncated one."""
+        write_atomically(path, lambda f: np.savez(f, copy=self.copy, control=self.control))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CopyCases:
@@ -90,15 +97,21 @@ def make_copy_cases(dataset, seq_len: int, *, eot: int | None, n: int = N_COPY_C
     return CopyCases(np.stack(copies), np.stack(controls))
 
 
-def load_or_make_copy_cases(path: Path, dataset, seq_len: int, eot: int | None, save: bool = True) -> CopyCases:
+def load_or_make_copy_cases(path: Path, dataset, seq_len: int, eot: int | None, save: bool = True,
+                            warn=lambda message: None) -> CopyCases:
     """The run's fixed case set: made once, stored in the run directory, reused on resume.
 
-    Making them is deterministic, so every DDP rank can call this; only one should `save`.
+    Making them is deterministic, so every DDP rank can call this; only one should `save`. A file
+    that cannot be read is made again (the same cases), and `warn` says so.
     """
     if path.is_file():
-        cases = CopyCases.load(path)
-        if cases.copy.shape[1] == seq_len:
-            return cases
+        try:
+            cases = CopyCases.load(path)
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as e:
+            warn(f"warning: {path} cannot be read ({type(e).__name__}); making the same copy cases again")
+        else:
+            if cases.copy.shape[1] == seq_len:
+                return cases
     cases = make_copy_cases(dataset, seq_len, eot=eot)
     if save:
         cases.save(path)

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from evals.onsets import COPY_SURGE_LEVEL, copy_token_gain, eval_records, run_onsets
 
 
 def pyplot():
@@ -18,46 +19,28 @@ def pyplot():
     return plt
 
 
-def read_metrics(path: Path) -> tuple[list[dict], int]:
-    """(records, unreadable lines) of a metrics.jsonl that may still be being written."""
-    if not path.is_file():
-        return [], 0
-    records, unreadable = [], 0
-    for line in path.read_text(errors="replace").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:  # the line a running (or killed) trainer was writing
-            unreadable += 1
-    return records, unreadable
-
-
-def half_max_step(steps: list[int], values: list[float]) -> int | None:
-    """First step at which `values` reaches half of its maximum (None if the maximum is <= 0)."""
-    if not values or max(values) <= 0:
-        return None
-    half = 0.5 * max(values)
-    return next(s for s, v in zip(steps, values, strict=True) if v >= half)
-
-
 def run_summary(records: list[dict], wall_s: float) -> str:
-    """Steps, tokens, time, final loss, copy gain over time and its half-maximum step."""
+    """Steps, tokens, time, final loss, copy gain over time, and the run's onsets (evals/onsets.py:
+    the same definitions as evals.report and evals.inspect)."""
     last = records[-1]
-    evals = [r for r in records if "copy_gain" in r]
+    evals = eval_records(records)
     lines = [
         f"steps {last['step']:,}  tokens {last['tokens']:,}  wall {wall_s / 60:.1f} min  "
         f"final loss {last['loss']:.3f}" + (f"  val loss {evals[-1]['val_loss']:.3f}" if evals else ""),
     ]
     if evals:
-        steps, gains = [r["step"] for r in evals], [r["copy_gain"] for r in evals]
         every = max(1, len(evals) // 10)
         lines.append("copy gain by step: " + "  ".join(
             f"{r['step']}:{r['copy_gain']:+.2f}" for r in evals[::every] + ([evals[-1]] if len(evals) % every else [])
         ))
         best = max(evals, key=lambda r: r["copy_gain"])
-        onset = half_max_step(steps, gains)
+        onsets = run_onsets(records)
+        lines.append(
+            f"loss plateau at step {onsets['plateau']}; copy surge (token-level gain >= {COPY_SURGE_LEVEL}) at "
+            f"step {onsets['copy_surge']}; copy onset (half of the maximum gain) at step {onsets['copy_onset']}")
         lines.append(
             f"copy acc {evals[-1]['copy_acc']:.2f} (control {evals[-1]['copy_control_acc']:.2f}), best gain "
-            f"{best['copy_gain']:+.2f} at step {best['step']}; half of max gain first reached at step {onset}"
+            f"{best['copy_gain']:+.2f} at step {best['step']}"
         )
         lines.append(
             f"repeat acc {evals[-1]['repeat_acc']:.2f}; induction score (max head) per layer: "
@@ -86,10 +69,11 @@ def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:
                label="induction score (best head)")
     right.set_ylabel("copying", color="tab:red")
     right.set_ylim(-0.05, 1.05)
-    onset = half_max_step(steps, [r["copy_gain"] for r in evals])
-    if onset is not None:
-        right.axvline(onset, color="gray", ls="--", lw=1)
-        right.annotate(f"half-max copy gain\nstep {onset}", (onset, 0.9), fontsize=8, ha="right")
+    onsets = run_onsets(records)
+    for key, label, color in (("plateau", "loss plateau", "tab:blue"), ("copy_surge", "copy surge", "tab:red")):
+        if onsets[key] is not None:
+            right.axvline(onsets[key], color=color, ls="--", lw=1)
+            right.annotate(f"{label}\nstep {onsets[key]}", (onsets[key], 0.9), fontsize=8, ha="right", color=color)
     handles = ax.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     labels = ax.get_legend_handles_labels()[1] + right.get_legend_handles_labels()[1]
     ax.legend(handles, labels, loc="center right", fontsize=8)
@@ -100,11 +84,6 @@ def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:
     plt.close(fig)
 
 
-
-
-def copy_token_gain(record: dict) -> float:
-    """Token-level copy accuracy above the control's (the control has no earlier copy to read)."""
-    return record["copy_token_acc"] - record["copy_control_token_acc"]
 
 
 def overlay_value(record: dict, key: str) -> float:

@@ -10,7 +10,7 @@ symlink to it, so the baseline trains once although four experiments contain it,
 `python -m evals.report OUT/NAME/*` reads an experiment. Re-running a command resumes: a run with
 final.json is skipped, one that another process is training is skipped (train.py locks its run
 directory), and an unfinished one resumes from its latest checkpoint (train.py does that).
-Every run gets `--min-lr -1` (a cosine floor of a tenth of its own LR). `--max-steps N` shortens
+Every run gets `--min-lr` of a tenth of its own LR (a cosine floor that follows the LR axis). `--max-steps N` shortens
 every run, and the runs are then named <run name>-stepsN. `--extra "FLAGS"` adds train.py flags to
 every run, before the axis values (which win); it is not part of a run's name, so a different
 --extra wants a different --out.
@@ -28,7 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-from model.checkpoint import run_dir_in_use
+from model import PRESETS
+from model.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -94,7 +95,8 @@ def run_command(run_dir: Path, preset: str, overrides: dict, *, extra: list[str]
                 nproc: int) -> list[str]:
     """The train.py command line of one run (torchrun when nproc > 0, else this Python)."""
     launcher = (["torchrun", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 0 else [sys.executable])
-    cmd = [*launcher, str(ROOT / "train.py"), "--preset", preset, "--out", str(run_dir), "--min-lr", "-1",
+    lr = overrides.get("lr", PRESETS[preset].train.get("lr", 1e-3))  # the floor follows each run's own LR
+    cmd = [*launcher, str(ROOT / "train.py"), "--preset", preset, "--out", str(run_dir), "--min-lr", f"{0.1 * lr:g}",
            *extra, *flags(overrides)]
     if max_steps is not None:
         cmd += ["--max-steps", str(max_steps)]
@@ -176,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
         if (run_dir / "final.json").is_file():
             print(f"skip {run_dir} (finished: final.json)", flush=True)
             continue
-        if run_dir_in_use(run_dir):  # another runner (or a train.py by hand) is on it: leave it be
+        if RunDir(run_dir).in_use():  # another runner (or a train.py by hand) is on it: leave it be
             print(f"skip {run_dir} (in use by another training process)", flush=True)
             continue
         print(shlex.join(cmd), flush=True)

@@ -22,19 +22,14 @@ from pathlib import Path
 
 import torch
 
-from evals.curves import read_metrics
-from evals.onsets import induction_onset_steps
-from model.checkpoint import CHECKPOINT_RE, list_checkpoints
+from evals.onsets import INDUCTION_THRESHOLD, induction_onset_steps
 from model.config import LlamaConfig
 from model.llama import Llama
+from model.run_dir import CheckpointError, NotARunError, RunDir
 
 COPY_ACC_MILESTONE = 0.5
 RECIPE_FIELDS = ("lr", "schedule", "warmup_steps", "weight_decay", "batch_size", "seq_len", "grad_accum", "max_steps")
 RECENT_RECORDS = 10  # throughput is the mean over this many of the latest logged intervals
-
-
-class NotARunError(Exception):
-    """The directory is not a grokcopy run directory; the message says why."""
 
 
 def wall_seconds(records: list[dict]) -> float:
@@ -58,37 +53,38 @@ def count_parameters(model_config: dict) -> int:
         return Llama(LlamaConfig.from_dict(model_config)).num_parameters()
 
 
-def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = 0.3) -> dict:
-    """Everything the report shows, as a JSON-ready dict. Raises NotARunError."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise NotARunError(f"{run_dir}: no such directory")
-    if not (run_dir / "config.json").is_file():
-        raise NotARunError(f"{run_dir} is not a grokcopy run directory (no config.json)")
-    try:
-        config = json.loads((run_dir / "config.json").read_text())
-    except json.JSONDecodeError as e:
-        raise NotARunError(f"{run_dir} is not a grokcopy run directory (config.json is not JSON: {e})") from None
-    if not isinstance(config, dict) or not {"preset", "model"} <= set(config):
-        raise NotARunError(f"{run_dir} is not a grokcopy run directory (config.json has no preset and model)")
+def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTION_THRESHOLD,
+                verify: bool = True) -> dict:
+    """Everything the report shows, as a JSON-ready dict. Raises NotARunError.
 
-    records, unreadable = read_metrics(run_dir / "metrics.jsonl")
+    The model shape and recipe come from the newest checkpoint that verifies when there is one (it is
+    what a resume continues; config.json may have been edited since), else from config.json.
+    `verify` checks every checkpoint's checksum (reads each file once)."""
+    run = RunDir(run_dir)
+    run_dir = run.path
+    config = run.read_config()
+    records, unreadable = run.read_metrics()
     evals = [r for r in records if "copy_acc" in r]
     last = records[-1] if records else {"step": 0, "tokens": 0}
     model = config["model"]
     meta = config.get("data_meta", {})
-    metrics_file = run_dir / "metrics.jsonl"
+    metrics_file = run.metrics_path
     world = config.get("world_size", 1)
 
     checkpoints = []
-    for path in list_checkpoints(run_dir):
+    for c in run.checkpoints():
         try:
-            size = path.stat().st_size
+            size = c.path.stat().st_size
+            problem = None
+            if verify:
+                run.verify(c.path)
         except FileNotFoundError:  # rotated away by the running trainer since we listed it
             continue
-        checkpoints.append({"step": int(CHECKPOINT_RE.search(path.name).group(1)), "path": str(path), "bytes": size})
-    final_file = run_dir / "final.json"
-    final = json.loads(final_file.read_text()) if final_file.is_file() else None
+        except CheckpointError as e:
+            problem = str(e)
+        checkpoints.append({"step": c.step, "path": str(c.path), "bytes": size, "problem": problem})
+    good = [c for c in checkpoints if c["problem"] is None]
+    final = run.read_final()
     recent = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][-RECENT_RECORDS:]
 
     copy = None
@@ -113,7 +109,7 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = 0.3) ->
     return {
         "run_dir": str(run_dir),
         "preset": config["preset"],
-        "model": {**model, "kv_heads": model["n_kv_heads"] or model["n_heads"],
+        "model": {**model, "kv_heads": LlamaConfig.from_dict(model).kv_heads,
                   "parameters": count_parameters(model)},
         "data": {"dir": config.get("data_dir"), "tokenizer": meta.get("tokenizer", {}).get("kind"),
                  "vocab_size": meta.get("vocab_size"),
@@ -128,7 +124,8 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = 0.3) ->
         "copy": copy,
         "induction": induction,
         "checkpoints": checkpoints,
-        "resumable": bool(checkpoints),  # config.json is there, or we would not have got here
+        "resumable": bool(good),  # config.json is there, or we would not have got here
+        "checksums": run.has_checksums(),
         "finished": final is not None,
         "final_step": final["step"] if final else None,
         "tensorboard": (run_dir / "tb").is_dir(),
@@ -181,9 +178,13 @@ def format_report(r: dict) -> str:
             + "\n          latest best head per layer: " + ", ".join(f"{v:.2f}" for v in ind["latest_max"]))
     else:
         lines.append("copy      no evals logged yet")
-    ckpts = ", ".join(f"step {c['step']:,} ({c['bytes'] / 1e6:.1f} MB)" for c in r["checkpoints"]) or "none"
+    ckpts = ", ".join(f"step {c['step']:,} ({c['bytes'] / 1e6:.1f} MB)" + (" DAMAGED" if c["problem"] else "")
+                      for c in r["checkpoints"]) or "none"
+    good = [c for c in r["checkpoints"] if c["problem"] is None]
     lines.append(f"checkpoints {ckpts}; resumable: "
-                 + (f"yes, from step {r['checkpoints'][-1]['step']:,}" if r["resumable"] else "no"))
+                 + (f"yes, from step {good[-1]['step']:,}" if r["resumable"] else "no")
+                 + ("" if r["checksums"] or not r["checkpoints"] else " (no checksums: written by an older grokcopy)"))
+    lines += [f"          {c['problem']}" for c in r["checkpoints"] if c["problem"]]
     if r["finished"]:
         lines.append(f"finished  yes, at step {r['final_step']:,} (final.json)")
     else:
@@ -197,8 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evals.inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a run directory (train.py --out)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
-    parser.add_argument("--induction-threshold", type=float, default=0.3,
-                        help="induction score a layer's best head must reach for its onset (default 0.3)")
+    parser.add_argument("--induction-threshold", type=float, default=INDUCTION_THRESHOLD,
+                        help=f"induction score a layer's best head must reach for its onset "
+                             f"(default {INDUCTION_THRESHOLD})")
     args = parser.parse_args(argv)
     try:
         report = inspect_run(args.run_dir, args.induction_threshold)

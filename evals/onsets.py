@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from evals.curves import copy_token_gain, half_max_step
-
 PLATEAU_SMOOTH = 3  # evals in the trailing mean
 PLATEAU_WINDOW = 5  # evals looked ahead
 PLATEAU_REL_DROP = 0.01  # less than 1% further drop over the window = plateau
@@ -31,6 +29,19 @@ INDUCTION_THRESHOLD = 0.3
 COPY_SMOOTH = 3  # evals in the centred mean of the copy curves
 MIN_COPY_GAIN = 0.03  # 6 of the 200 copy cases: pre-surge noise reaches 0.02 in the smoothed gain
 COPY_SURGE_LEVEL = 0.1
+
+
+def half_max_step(steps: list[int], values: list[float]) -> int | None:
+    """First step at which `values` reaches half of its maximum (None if the maximum is <= 0)."""
+    if not values or max(values) <= 0:
+        return None
+    half = 0.5 * max(values)
+    return next(s for s, v in zip(steps, values, strict=True) if v >= half)
+
+
+def copy_token_gain(record: dict) -> float:
+    """Token-level copy accuracy above the control's (the control has no earlier copy to read)."""
+    return record["copy_token_acc"] - record["copy_control_token_acc"]
 
 
 def eval_records(records: list[dict]) -> list[dict]:

@@ -17,12 +17,12 @@ Writes to OUT:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
-from evals.curves import copy_token_gain, plot_overlay, pyplot, read_metrics
-from evals.onsets import COPY_SURGE_LEVEL, INDUCTION_THRESHOLD, eval_records, run_onsets
+from evals.curves import plot_overlay, pyplot
+from evals.onsets import COPY_SURGE_LEVEL, INDUCTION_THRESHOLD, copy_token_gain, eval_records, run_onsets
+from model.run_dir import RunDir
 
 # the layer x step panels of <run>-layers.png, drawn when the records have the key
 LAYER_SCORES = (("induction_max", "induction (repeated random tokens)"),
@@ -33,9 +33,9 @@ LAYER_SCORES = (("induction_max", "induction (repeated random tokens)"),
 
 
 def load_run(run_dir: Path) -> tuple[dict, list[dict]]:
-    """(config.json, metrics records) of a run directory."""
-    config = json.loads((run_dir / "config.json").read_text())
-    return config, read_metrics(run_dir / "metrics.jsonl")[0]
+    """(config.json, metrics records) of a run directory. Raises NotARunError."""
+    run = RunDir(run_dir)
+    return run.read_config(), run.read_metrics()[0]
 
 
 def plot_run(records: list[dict], onsets: dict, path: Path, title: str) -> None:

@@ -1,9 +1,9 @@
 """A minimal Llama with a per-op backend switch, presets, checkpoints and Hugging Face interop."""
 
 from model.backends import AttentionStats
-from model.checkpoint import load_checkpoint
 from model.config import PRESETS, LlamaConfig, Preset
 from model.llama import Llama
+from model.run_dir import load_checkpoint
 
 __all__ = ["PRESETS", "AttentionStats", "Llama", "LlamaConfig", "Preset", "from_hf", "load_checkpoint"]
 

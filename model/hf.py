@@ -27,9 +27,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from model.checkpoint import load_checkpoint, resolve_checkpoint
+from data.prepare import EOT_TOKEN
 from model.config import LlamaConfig
 from model.llama import Llama
+from model.run_dir import load_checkpoint, resolve_checkpoint
 
 if TYPE_CHECKING:
     import tokenizers
@@ -56,7 +57,6 @@ HF_LLAMA_DEFAULTS = {
     "rope_scaling": None, "attention_bias": False, "mlp_bias": False, "head_dim": None,
 }
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-EOT_TOKEN = "<|endoftext|>"
 
 
 def _require(module: str):
@@ -259,9 +259,9 @@ def export_hf(source: str | os.PathLike, out_dir: str | os.PathLike, dtype: str 
     transformers = _require("transformers")
     if dtype not in DTYPES:
         raise ValueError(f"dtype {dtype!r}: choose from {sorted(DTYPES)}")
-    checkpoint = resolve_checkpoint(source)
-    model, cfg = load_checkpoint(checkpoint)
-    run_config_file = checkpoint.parent.parent / "config.json"
+    run, _ = resolve_checkpoint(source)
+    model, cfg = load_checkpoint(source, warn=lambda message: print(message, file=sys.stderr))
+    run_config_file = run.config_path
     run_config = json.loads(run_config_file.read_text()) if run_config_file.is_file() else None
     eos = run_config["data_meta"]["tokenizer"]["eot_id"] if run_config else None
 

@@ -13,8 +13,10 @@ matmul reads anyway (backends.rms_norm, `out_dtype`). This is what Hugging Face'
 autocast and what the torch backends always did, so CPU results, GPU results and HF exports agree.
 The cost is bandwidth in the norms: the fused add + norm moves 12 bytes per element forward (bf16
 branch, fp32 stream in and out, bf16 output) where an all-bf16 stream would move 8. The gain: the
-stream accumulates 2 x n_layers additions without bf16 rounding (measured on `tiny`, CPU: see the
-README's Kernels section).
+stream accumulates 2 x n_layers additions without bf16 rounding. Measured on `tiny` (CPU, 3,000
+steps, one seed each), the choice does not show in the loss: val loss 3.036 with the fp32 stream,
+3.016 with a bf16 one, a difference of the size another rounding path alone makes. The fp32 stream
+stays because it is the reference semantics (HF, the CPU history) and the safer one at 12+ layers.
 """
 
 from __future__ import annotations

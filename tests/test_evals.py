@@ -14,7 +14,8 @@ from evals.copying import (
     repeat_metrics,
     second_copy_targets,
 )
-from evals.curves import half_max_step, plot_curves, run_summary
+from evals.curves import plot_curves, run_summary
+from evals.onsets import half_max_step
 from model import Llama, LlamaConfig
 from model.backends import AttentionStats
 
@@ -129,8 +130,10 @@ def test_half_max_step_and_summary(tmp_path):
     records = [{"step": s, "tokens": 10 * s, "loss": 5 - s / 10} for s in range(1, 11)]
     for r in records[4::5]:
         r.update(val_loss=r["loss"], copy_acc=0.5, copy_token_acc=0.7, copy_control_acc=0.1, copy_gain=0.4,
-                 repeat_acc=0.2, induction_max=[0.1, 0.3])
+                 copy_control_token_acc=0.2, repeat_acc=0.2, induction_max=[0.1, 0.3])
     text = run_summary(records, wall_s=120)
-    assert "steps 10" in text and "half of max gain first reached at step 5" in text
+    # the onsets are evals/onsets.py's, the same as evals.report prints
+    assert "steps 10" in text and "copy surge (token-level gain >= 0.1) at step 5" in text
+    assert "copy onset (half of the maximum gain) at step 5" in text
     plot_curves(records, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 10_000

@@ -60,11 +60,12 @@ def test_tiny_experiment_runs_and_resumes(corpus, tmp_path, monkeypatch, capsys)
 
 def test_a_run_in_use_is_left_alone(tmp_path, capsys):
     """A run directory another process trains into (train.py holds its lock) is skipped, not trained twice."""
-    from model.checkpoint import lock_run_dir
+    from model.run_dir import RunDir
 
     run_dir = tmp_path / "runs" / "lr0.003-bs4-wd0.1-do0-steps1"
-    lock = lock_run_dir(run_dir)
+    lock = RunDir(run_dir)
+    lock.lock()
     assert experiment.main(["baseline", "--out", str(tmp_path), "--max-steps", "1"]) == 0
     assert "skip " + str(run_dir) + " (in use by another training process)" in capsys.readouterr().out
     assert not (run_dir / "metrics.jsonl").exists()
-    lock.close()
+    lock.unlock()

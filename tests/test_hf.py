@@ -13,8 +13,8 @@ from test_train import ROOT, env, run_train
 
 from evals.copying import make_repeat_batch, repeat_metrics, second_copy_targets
 from model import PRESETS, Llama, LlamaConfig, from_hf
-from model.checkpoint import checkpoint_path, list_checkpoints, save_atomically
 from model.hf import export_hf, model_shape_from_hf
+from model.run_dir import RunDir
 
 transformers = pytest.importorskip("transformers", reason="needs the hf extra: pip install -e '.[hf]'")
 pytest.importorskip("safetensors", reason="needs the hf extra: pip install -e '.[hf]'")
@@ -37,8 +37,8 @@ def random_model(cfg: LlamaConfig) -> Llama:
 
 def make_run(run_dir: Path, model: Llama, data_dir: Path | None = None, data_meta: dict = BYTES_META) -> Path:
     """A run directory as train.py leaves it, as far as export reads it: a checkpoint and config.json."""
-    save_atomically({"model": model.state_dict(), "model_config": model.cfg.to_dict(), "step": 7},
-                    checkpoint_path(run_dir, 7))
+    RunDir(run_dir).save_checkpoint({"model": model.state_dict(), "model_config": model.cfg.to_dict(), "step": 7},
+                                    7, keep=1)
     (run_dir / "config.json").write_text(json.dumps({"data_dir": str(data_dir), "data_meta": data_meta}))
     return run_dir
 
@@ -165,7 +165,7 @@ def test_init_from_hf_trains_from_the_exported_weights(corpus, tmp_path, capsys)
     assert proc.returncode == 0, proc.stderr
     assert "initialised from" in proc.stdout
     assert json.loads((out / "config.json").read_text())["model"] == cfg.to_dict()
-    trained = torch.load(list_checkpoints(out)[-1], weights_only=False)  # holds numpy RNG state
+    trained = torch.load(RunDir(out).checkpoints()[-1].path, weights_only=False)  # holds numpy RNG state
     assert trained["step"] == 3
     for name, start in model.state_dict().items():
         torch.testing.assert_close(trained["model"][name], start, atol=1e-5, rtol=0, msg=name)

@@ -136,18 +136,18 @@ def test_backend_resolution():
 
 
 def test_load_checkpoint_from_file_and_run_dir(tmp_path):
-    from model.checkpoint import checkpoint_path, save_atomically
+    from model.run_dir import RunDir
 
     cfg = LlamaConfig(**SMALL)
     model = Llama(cfg)
+    run = RunDir(tmp_path)
     for step in (5, 10):
-        save_atomically({"model": model.state_dict(), "model_config": cfg.to_dict(), "step": step},
-                        checkpoint_path(tmp_path, step))
+        run.save_checkpoint({"model": model.state_dict(), "model_config": cfg.to_dict(), "step": step}, step, keep=3)
     loaded, loaded_cfg = load_checkpoint(tmp_path)
     assert loaded_cfg == cfg
     idx = torch.randint(0, 97, (1, 8))
     torch.testing.assert_close(loaded(idx), model(idx))
-    assert load_checkpoint(checkpoint_path(tmp_path, 5))[1] == cfg
+    assert load_checkpoint(run.checkpoint_path(5))[1] == cfg
     with pytest.raises(FileNotFoundError, match="no checkpoints"):
         load_checkpoint(tmp_path / "checkpoints")
 

@@ -9,7 +9,7 @@ from tests.test_onsets import synthetic_records
 def fake_run(path, lr, batch, shift):
     """A run directory whose copy gain and layer-1 induction rise `shift` steps after the template's."""
     path.mkdir(parents=True)
-    config = {"lr": lr, "batch_size": batch, "grad_accum": 1, "world_size": 1, "weight_decay": 0.1,
+    config = {"preset": "tiny", "lr": lr, "batch_size": batch, "grad_accum": 1, "world_size": 1, "weight_decay": 0.1,
               "model": {"dropout": 0.0, "n_layers": 2}}
     (path / "config.json").write_text(json.dumps(config))
     records = synthetic_records()

@@ -32,15 +32,17 @@ def env(**extra):
             "PYTHONUNBUFFERED": "1", **extra}
 
 
-def run_train(args, **extra_env):
-    return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=ROOT, env=env(**extra_env),
+def run_train(args, kill_after_step: int | None = None, **extra_env):
+    script = [str(ROOT / "train.py")] if kill_after_step is None else [
+        str(ROOT / "tests" / "train_killed_at_step.py"), str(kill_after_step)]
+    return subprocess.run([sys.executable, *script, *args], cwd=ROOT, env=env(**extra_env),
                           capture_output=True, text=True, timeout=600)
 
 
 def final_state(run_dir):
-    from model.checkpoint import list_checkpoints
+    from model.run_dir import RunDir
 
-    return torch.load(list_checkpoints(run_dir)[-1], weights_only=False)
+    return torch.load(RunDir(run_dir).checkpoints()[-1].path, weights_only=False)
 
 
 def assert_same_state(a, b):
@@ -60,7 +62,7 @@ def test_kill9_then_resume_is_bit_identical(corpus, tmp_path):
     straight = run_train([*args, "--out", str(tmp_path / "straight")])
     assert straight.returncode == 0, straight.stderr
 
-    crashed = run_train([*args, "--out", str(tmp_path / "crashed")], GROKCOPY_CRASH_AT_STEP="25")
+    crashed = run_train([*args, "--out", str(tmp_path / "crashed")], kill_after_step=25)
     assert crashed.returncode == -signal.SIGKILL, crashed.stderr
     assert final_state(tmp_path / "crashed")["step"] == 20
     with open(tmp_path / "crashed" / "metrics.jsonl", "a") as f:
@@ -102,7 +104,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoints(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
-    from model.checkpoint import list_checkpoints
+    from model.run_dir import RunDir
 
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *SMALL, "--data", str(corpus),
@@ -117,7 +119,7 @@ def test_sigterm_writes_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 0, stderr
     assert "stopped by signal" in stdout
-    (ckpt,) = list_checkpoints(out)
+    (ckpt,) = [c.path for c in RunDir(out).checkpoints()]
     step = torch.load(ckpt, weights_only=False)["step"]
     assert 3 <= step < 100000 and ckpt.name == f"step-{step:08d}.pt"
 
@@ -218,22 +220,23 @@ def test_config_file_and_its_errors(corpus, tmp_path, capsys):
 
 
 def test_a_second_trainer_on_the_same_out_stops(corpus, tmp_path, capsys):
-    from model.checkpoint import lock_run_dir, run_dir_in_use
+    from model.run_dir import RunDir
 
     out = tmp_path / "busy"
-    lock = lock_run_dir(out)  # stands in for a train.py already running there
-    assert run_dir_in_use(out)
+    holder = RunDir(out)
+    holder.lock()  # stands in for a train.py already running there
+    assert RunDir(out).in_use()
     code, err = run_main([*SMALL, "--data", str(corpus), "--max-steps", "2", "--out", str(out)], capsys)
     assert code == 2 and f"--out {out} is in use by another training process (pid {os.getpid()})" in err
     assert not (out / "metrics.jsonl").exists()
-    lock.close()  # the process ended: the next trainer runs
-    assert not run_dir_in_use(out)
+    holder.unlock()  # the process ended: the next trainer runs
+    assert not RunDir(out).in_use()
     code, err = run_main([*SMALL, "--data", str(corpus), "--max-steps", "2", "--out", str(out)], capsys)
     assert code == 0, err
 
 
-def test_negative_min_lr_means_a_tenth_of_lr():
-    cfg, _ = train.parse_args(["--lr", "2e-3", "--min-lr", "-1"])
+def test_min_lr_defaults_to_a_tenth_of_lr():
+    cfg, _ = train.parse_args(["--lr", "2e-3", "--preset", "tiny"])
     assert cfg.min_lr == pytest.approx(2e-4)
     cfg, _ = train.parse_args(["--lr", "2e-3"])
     assert cfg.min_lr == pytest.approx(2e-4)
