@@ -25,8 +25,6 @@ import signal
 import sys
 import time
 import tomllib
-import types
-import typing
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
@@ -48,50 +46,11 @@ from evals.curves import plot_curves, run_summary
 from evals.scores import batch_text_scores, text_scores, text_targets
 from evals.tensorboard import TensorBoardLog, tensorboard_available
 from model import PRESETS, Llama, LlamaConfig
+from model.config import ConfigError, TrainConfig, check_type, field_types, scalar_type
 from model.hf import load_hf_weights, model_shape_from_hf, read_hf_config
 from model.run_dir import CheckpointError, MetricsLog, NotARunError, RunDir, RunDirInUse
 
 MODEL_FIELDS = {f.name for f in fields(LlamaConfig)}
-
-
-@dataclass
-class TrainConfig:
-    """Everything a run is made of, except the model shape (LlamaConfig). Each field is a flag."""
-
-    preset: str = "tiny"
-    out: str = ""  # run directory; default runs/<preset>
-    data: str = ""  # a prepared corpus directory; default: the embedded Python-stdlib corpus
-    max_steps: int = 1000
-    batch_size: int = 8  # sequences per rank per micro-step
-    grad_accum: int = 1
-    global_batch: int = 0  # if set: sequences per optimizer step, all ranks; sets grad_accum
-    seq_len: int = 256
-    lr: float = 1e-3
-    min_lr: float | None = None  # cosine floor; None: a tenth of lr
-    warmup_steps: int = 100
-    schedule: str = "cosine"  # cosine | constant
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    eps: float = 1e-8
-    grad_clip: float = 1.0
-    seed: int = 0
-    log_every: int = 10
-    eval_every: int = 500
-    # every N steps (0: never) the training forward also returns the previous-token and
-    # prefix-matching mass of rank 0's batch (the attention-stats path: the Triton kernel on
-    # attention=triton, else the torch reference, the same math in other rounding)
-    train_stats_every: int = 0
-    ckpt_every: int = 1000
-    keep_ckpts: int = 3
-    device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto (= bf16) | fp32 | bf16: autocast dtype of the forward pass
-    compile: bool = False
-    fsdp: bool = False
-    quiet: bool = False
-    init_from_hf: str = ""  # an HF Llama directory: its shape and weights start a fresh run
-    tensorboard: bool | None = None  # event files in <run>/tb; None: on when tensorboard is installed
-    change_recipe: bool = False  # on resume: accept recipe fields that differ from the checkpoint's
 
 
 # What a resumed run may change freely (how it is run and logged); anything else in TrainConfig is
@@ -101,37 +60,8 @@ RUN_FIELDS = {"out", "max_steps", "log_every", "eval_every", "train_stats_every"
               "preset", "global_batch"}
 
 
-class ConfigError(ValueError):
-    """A bad configuration value; the message names the field."""
-
-
 # ---------------------------------------------------------------------------------------------
 # Configuration: preset < config file < flags, each value checked against its annotated type
-
-
-def field_types(cls) -> dict[str, object]:
-    return typing.get_type_hints(cls)
-
-
-def scalar_type(hint) -> tuple[type, bool]:
-    """(the scalar type, whether None is allowed) of an annotation like int, float | None, bool | None."""
-    args = typing.get_args(hint)
-    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
-        (inner,) = [a for a in args if a is not type(None)]
-        return inner, True
-    return hint, False
-
-
-def check_type(name: str, value, hint, source: str) -> object:
-    """`value` as the annotated type, or ConfigError naming the field: 20.5 is no int, "no" no bool."""
-    kind, optional = scalar_type(hint)
-    if value is None and optional:
-        return None
-    ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
-          float: isinstance(value, int | float) and not isinstance(value, bool), str: isinstance(value, str)}[kind]
-    if not ok:
-        raise ConfigError(f"{source} {name} = {value!r} is not {'an' if kind is int else 'a'} {kind.__name__}")
-    return float(value) if kind is float else value
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, LlamaConfig]:

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from triton.testing import do_bench
 
-from kernels import flash_attention, flash_attention_with_stats, repeat_targets
+from evals.targets import repeat_targets
+from kernels import flash_attention, flash_attention_with_stats
 
 DTYPE = torch.bfloat16
 TOKENS = 16384

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from data.atomic import write_atomically
+from evals.targets import second_copy_targets
 
 PREFIX_TOKENS = 12
 SUFFIX_TOKENS = 6
@@ -164,19 +165,6 @@ def make_repeat_batch(vocab_size: int, seq_len: int, *, n: int = N_REPEAT_SEQUEN
         body = rng.choice(np.arange(low, vocab_size), L, replace=False)
         tokens[i] = np.concatenate([lead, body, body])
     return torch.as_tensor(tokens), torch.as_tensor(periods)
-
-
-def second_copy_targets(seq_len: int, periods: torch.Tensor) -> torch.Tensor:
-    """Induction targets [n, seq_len, 1] for make_repeat_batch's sequences: t - L + 1 in the second
-    copy, -1 elsewhere (the lead-in and the first copy are not scored).
-
-    Unlike kernels.repeat_targets (one period, the copies starting at position 0), each sequence
-    has its own period L and its second copy ends at the last position.
-    """
-    t = torch.arange(seq_len, device=periods.device)[None, :]
-    L = periods[:, None]
-    second = t >= seq_len - L
-    return torch.where(second, t - L + 1, -1)[..., None]
 
 
 def sequence_target_mass(stats: list, targets: torch.Tensor, k: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

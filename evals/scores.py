@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import torch
 
-from evals.copying import make_repeat_batch, second_copy_targets, sequence_target_mass
-from kernels.attention_targets import induction_targets, previous_token_targets
+from evals.copying import make_repeat_batch, sequence_target_mass
+from evals.targets import induction_targets, previous_token_targets, second_copy_targets
 
 
 @torch.no_grad()

@@ -1,26 +1,34 @@
-from kernels.attention_targets import induction_targets, previous_token_targets, repeat_targets
-from kernels.flash_attention import (
+"""grokcopy's Triton kernels: fused RMSNorm (+ residual add), SwiGLU and FlashAttention (+ statistics).
+
+Each op file holds the kernels, the launchers and the torch.library registration; kernels/reference.py
+holds the plain-PyTorch function each one computes. The references need no Triton: on a machine
+without it (macOS) `import kernels` gives them alone, and the model runs on its torch backend.
+"""
+
+import importlib.util
+
+from kernels.reference import (
     AttentionStats,
     attention_reference,
     attention_stats_reference,
-    flash_attention,
-    flash_attention_backward,
-    flash_attention_forward,
-    flash_attention_with_stats,
+    fused_add_rms_norm_reference,
+    rms_norm_reference,
+    swiglu_reference,
 )
-from kernels.rms_norm import fused_add_rms_norm, rms_norm
-from kernels.swiglu import swiglu, swiglu_packed
 
-__all__ = ["rms_norm", "fused_add_rms_norm", "swiglu", "swiglu_packed"]
-__all__ += [
-    "AttentionStats",
-    "attention_reference",
-    "attention_stats_reference",
-    "flash_attention",
-    "flash_attention_backward",
-    "flash_attention_forward",
-    "flash_attention_with_stats",
-    "induction_targets",
-    "previous_token_targets",
-    "repeat_targets",
-]
+__all__ = ["AttentionStats", "attention_reference", "attention_stats_reference", "fused_add_rms_norm_reference",
+           "rms_norm_reference", "swiglu_reference"]
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+if HAS_TRITON:
+    from kernels.flash_attention import (
+        flash_attention,
+        flash_attention_backward,
+        flash_attention_forward,
+        flash_attention_with_stats,
+    )
+    from kernels.rms_norm import fused_add_rms_norm, rms_norm
+    from kernels.swiglu import swiglu, swiglu_packed
+
+    __all__ += ["flash_attention", "flash_attention_backward", "flash_attention_forward", "flash_attention_with_stats",
+                "fused_add_rms_norm", "rms_norm", "swiglu", "swiglu_packed"]

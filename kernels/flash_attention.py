@@ -38,13 +38,13 @@ from __future__ import annotations
 
 import math
 import os
-from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
 from kernels._common import cast_rne, check_inputs, dot_dtype, interpreting
+from kernels.reference import AttentionStats, attention_reference, attention_stats_reference
 
 __all__ = [
     "AttentionStats",
@@ -61,19 +61,6 @@ SUPPORTED_HEAD_DIMS = (16, 32, 64, 96, 128)
 # Compile-time constants usable inside kernels (a @triton.jit function may only read constexpr globals).
 LOG2E: tl.constexpr = tl.constexpr(1.4426950408889634)  # log2(e): natural-log scores -> base 2
 LN2: tl.constexpr = tl.constexpr(0.6931471805599453)  # ln(2): base-2 logs -> natural log
-
-
-class AttentionStats(NamedTuple):
-    """Per-query attention statistics from `flash_attention_with_stats` (all fp32, no gradient).
-
-    lse:         [B, Hq, T]    log-sum-exp of the scaled scores (natural log; -inf: no visible key).
-    entropy:     [B, Hq, T]    entropy in nats of the query's attention distribution.
-    target_mass: [B, Hq, T, K] probability the query puts on each of its K target keys.
-    """
-
-    lse: torch.Tensor
-    entropy: torch.Tensor
-    target_mass: torch.Tensor
 
 
 # --------------------------------------------------------------------------------------------------
@@ -891,7 +878,7 @@ def flash_attention_with_stats(
     """`flash_attention` plus per-query statistics from the same kernel pass (no T x S matrix).
 
     targets: optional int [B, T, K] key indices per query (-1, or anything outside [0, S): none),
-    shared by all heads; see kernels.attention_targets for induction / previous-token targets.
+    shared by all heads; see evals/targets.py for induction / previous-token targets.
     Returns (out, AttentionStats(lse [B,Hq,T], entropy [B,Hq,T], target_mass [B,Hq,T,K])), stats in
     fp32 without gradient (K = 0 when targets is None). `out` is differentiable as in
     `flash_attention`.
@@ -900,53 +887,4 @@ def flash_attention_with_stats(
     if targets is not None:
         _check_targets("flash_attention", targets, q)
     out, lse, entropy, target_mass = _flash_attention_fwd_op(q, k, v, targets, causal, softmax_scale, True)
-    return out, AttentionStats(lse, entropy, target_mass)
-
-
-# --------------------------------------------------------------------------------------------------
-# Plain torch reference: materialises the T x S matrix. For tests (in float64) and for reading.
-# --------------------------------------------------------------------------------------------------
-
-
-def _reference_probs(q, k, causal, softmax_scale):
-    """Scores and probabilities [B, Hq, T, S] in q's dtype; rows with no visible key are all 0."""
-    B, Hq, T, D = q.shape
-    Hkv, S = k.shape[1], k.shape[2]
-    scale = 1.0 / math.sqrt(D) if softmax_scale is None else softmax_scale
-    k = k.repeat_interleave(Hq // Hkv, dim=1)
-    scores = torch.matmul(q, k.transpose(-1, -2)) * scale
-    if causal:
-        rows = torch.arange(T, device=q.device)[:, None]
-        cols = torch.arange(S, device=q.device)[None, :]
-        scores = scores.masked_fill(cols > rows + (S - T), float("-inf"))
-    m = scores.amax(dim=-1, keepdim=True)
-    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m)).detach()
-    e = torch.exp(scores - m)
-    l = e.sum(dim=-1, keepdim=True)
-    probs = e / torch.where(l > 0, l, torch.ones_like(l))
-    lse = (m + torch.log(l)).squeeze(-1)
-    return probs, lse
-
-
-def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True,
-                        softmax_scale: float | None = None) -> torch.Tensor:
-    """Same contract as `flash_attention`, computed in q's dtype with the full score matrix."""
-    probs, _ = _reference_probs(q, k, causal, softmax_scale)
-    return torch.matmul(probs, v.repeat_interleave(q.shape[1] // k.shape[1], dim=1))
-
-
-def attention_stats_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                              targets: torch.Tensor | None = None, causal: bool = True,
-                              softmax_scale: float | None = None) -> tuple[torch.Tensor, AttentionStats]:
-    """Same contract as `flash_attention_with_stats`; stats come out in q's dtype."""
-    probs, lse = _reference_probs(q, k, causal, softmax_scale)
-    out = torch.matmul(probs, v.repeat_interleave(q.shape[1] // k.shape[1], dim=1))
-    entropy = -torch.special.xlogy(probs, probs).sum(dim=-1)
-    B, Hq, T, S = probs.shape
-    if targets is None:
-        target_mass = probs.new_zeros((B, Hq, T, 0))
-    else:
-        valid = (targets >= 0) & (targets < S)
-        idx = torch.where(valid, targets, 0).long()[:, None].expand(B, Hq, T, targets.shape[-1])
-        target_mass = probs.gather(-1, idx) * valid[:, None].to(probs.dtype)
     return out, AttentionStats(lse, entropy, target_mass)

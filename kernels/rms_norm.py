@@ -30,6 +30,7 @@ import triton
 import triton.language as tl
 
 from kernels._common import SUPPORTED_FLOAT_DTYPES, as_rows, cast_rne, check_inputs, interpreting
+from kernels.reference import fused_add_rms_norm_reference, rms_norm_reference  # noqa: F401 (re-exported)
 
 # A row lives in registers as one block of next_power_of_2(D) fp32 values. Up to this width that
 # works (the widest rows spill part of it to local memory: slower, still correct); wider rows would
@@ -440,27 +441,3 @@ def fused_add_rms_norm(
     """
     _check("fused_add_rms_norm", x, weight, residual, out_dtype)
     return _fused_add_rms_norm_op(x, residual, weight, eps, out_dtype)
-
-
-def rms_norm_reference(
-    x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-6, out_dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """The same function in plain torch: fp32 statistics (float64 for float64 inputs), HF's order,
-    the weight product computed at fp32 at least and rounded once to out_dtype (x's by default)."""
-    compute_dtype = torch.promote_types(x.dtype, torch.float32)
-    xf = x.to(compute_dtype)
-    normed = (xf * torch.rsqrt(xf.pow(2).mean(dim=-1, keepdim=True) + eps)).to(x.dtype)
-    product_dtype = torch.promote_types(compute_dtype, weight.dtype)
-    return (weight.to(product_dtype) * normed.to(product_dtype)).to(out_dtype or x.dtype)
-
-
-def fused_add_rms_norm_reference(
-    x: torch.Tensor,
-    residual: torch.Tensor,
-    weight: torch.Tensor,
-    eps: float = 1e-6,
-    out_dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain-torch `fused_add_rms_norm`: the sum in the promoted dtype, then `rms_norm_reference`."""
-    new_residual = x + residual
-    return rms_norm_reference(new_residual, weight, eps, out_dtype), new_residual

@@ -18,11 +18,11 @@ The ops are `torch.library.custom_op`s with fake implementations and `register_a
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import triton
 import triton.language as tl
 
 from kernels._common import as_rows, cast_rne, check_inputs
+from kernels.reference import swiglu_reference  # noqa: F401 (re-exported)
 
 # Elements per program and warps per program for these elementwise kernels: 16 values per thread,
 # so each thread moves 32 contiguous bytes of bf16 per tensor. Chosen, not tuned on a GPU.
@@ -277,7 +277,3 @@ def swiglu_packed(gate_up: torch.Tensor) -> torch.Tensor:
     return _swiglu_packed_op(gate_up)
 
 
-def swiglu_reference(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-    """Plain-torch SwiGLU with the kernels' rounding: fp32 math (float64 for float64 inputs), one cast."""
-    compute_dtype = torch.promote_types(gate.dtype, torch.float32)
-    return (F.silu(gate.to(compute_dtype)) * up.to(compute_dtype)).to(gate.dtype)

@@ -1,6 +1,6 @@
 """A minimal Llama with a per-op backend switch, presets, checkpoints and Hugging Face interop."""
 
-from model.backends import AttentionStats
+from kernels.reference import AttentionStats
 from model.config import PRESETS, LlamaConfig, Preset
 from model.llama import Llama
 from model.run_dir import load_checkpoint

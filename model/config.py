@@ -6,6 +6,8 @@ recipe; any field can still be overridden by a config file or a flag).
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields
 
 ATTENTION_BACKENDS = ("auto", "torch", "sdpa", "flash_attn", "triton")
@@ -76,13 +78,91 @@ class LlamaConfig:
         return cls(**d)
 
 
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the field."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run is made of, except the model shape (LlamaConfig). Each field is a flag."""
+
+    preset: str = "tiny"
+    out: str = ""  # run directory; default runs/<preset>
+    data: str = ""  # a prepared corpus directory; default: the embedded Python-stdlib corpus
+    max_steps: int = 1000
+    batch_size: int = 8  # sequences per rank per micro-step
+    grad_accum: int = 1
+    global_batch: int = 0  # if set: sequences per optimizer step, all ranks; sets grad_accum
+    seq_len: int = 256
+    lr: float = 1e-3
+    min_lr: float | None = None  # cosine floor; None: a tenth of lr
+    warmup_steps: int = 100
+    schedule: str = "cosine"  # cosine | constant
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-8
+    grad_clip: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    eval_every: int = 500
+    # every N steps (0: never) the training forward also returns the previous-token and
+    # prefix-matching mass of rank 0's batch (the attention-stats path: the Triton kernel on
+    # attention=triton, else the torch reference, the same math in other rounding)
+    train_stats_every: int = 0
+    ckpt_every: int = 1000
+    keep_ckpts: int = 3
+    device: str = "auto"  # auto | cpu | cuda
+    dtype: str = "auto"  # auto (= bf16) | fp32 | bf16: autocast dtype of the forward pass
+    compile: bool = False
+    fsdp: bool = False
+    quiet: bool = False
+    init_from_hf: str = ""  # an HF Llama directory: its shape and weights start a fresh run
+    tensorboard: bool | None = None  # event files in <run>/tb; None: on when tensorboard is installed
+    change_recipe: bool = False  # on resume: accept recipe fields that differ from the checkpoint's
+
+
+def field_types(cls) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def scalar_type(hint) -> tuple[type, bool]:
+    """(the scalar type, whether None is allowed) of an annotation like int, float | None, bool | None."""
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        (inner,) = [a for a in args if a is not type(None)]
+        return inner, True
+    return hint, False
+
+
+def check_type(name: str, value, hint, source: str) -> object:
+    """`value` as the annotated type, or ConfigError naming the field: 20.5 is no int, "no" no bool."""
+    kind, optional = scalar_type(hint)
+    if value is None and optional:
+        return None
+    ok = {bool: isinstance(value, bool), int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, int | float) and not isinstance(value, bool), str: isinstance(value, str)}[kind]
+    if not ok:
+        raise ConfigError(f"{source} {name} = {value!r} is not {'an' if kind is int else 'a'} {kind.__name__}")
+    return float(value) if kind is float else value
+
+
 @dataclass
 class Preset:
-    """A named model shape and its default training recipe (train.py field name -> value)."""
+    """A named model shape and its default training recipe (TrainConfig field name -> value, each
+    checked against the field's type when the preset is made)."""
 
     model: LlamaConfig
     train: dict = field(default_factory=dict)
     description: str = ""
+
+    def __post_init__(self):
+        hints = field_types(TrainConfig)
+        unknown = sorted(set(self.train) - set(hints))
+        if unknown:
+            raise ConfigError(f"preset recipe: unknown TrainConfig fields {unknown}")
+        for name, value in self.train.items():
+            check_type(name, value, hints[name], "preset recipe:")
 
 
 PRESETS: dict[str, Preset] = {

@@ -42,8 +42,8 @@ BLOCK_WEIGHTS = {
     "attn.wqkv.weight": ("self_attn.q_proj.weight", "self_attn.k_proj.weight", "self_attn.v_proj.weight"),
     "attn.wo.weight": ("self_attn.o_proj.weight",),
     "mlp_norm.weight": ("post_attention_layernorm.weight",),
-    "w_gate_up.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
-    "w_down.weight": ("mlp.down_proj.weight",),
+    "mlp.w_gate_up.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
+    "mlp.w_down.weight": ("mlp.down_proj.weight",),
 }
 TOP_WEIGHTS = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
                "lm_head.weight": "lm_head.weight"}

@@ -25,8 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kernels.reference import AttentionStats
 from model import backends
-from model.backends import AttentionStats
 from model.config import LlamaConfig
 
 
@@ -46,22 +46,63 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos + rotated * sin
 
 
+class OpBackend:
+    """The backend of one op, as the config names it ("auto" included), resolved once per device type
+    (the model may be built on the CPU and moved): model/backends.py holds the choices."""
+
+    def __init__(self, op: str, requested: str):
+        self.op, self.requested = op, requested
+        self._resolved: dict[tuple[str, bool], str] = {}
+
+    def on(self, x: torch.Tensor, dropout: bool = False) -> str:
+        key = (x.device.type, dropout)
+        if key not in self._resolved:
+            self._resolved[key] = backends.resolve(self.op, self.requested, x.device.type, dropout)
+        return self._resolved[key]
+
+
 class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float):
+    """RMSNorm with its weight; `forward_add` fuses the residual add before it (the fp32 stream)."""
+
+    def __init__(self, dim: int, eps: float, backend: str = "auto"):
         super().__init__()
-        self.eps = eps
+        self.eps, self.backend = eps, OpBackend("norm", backend)
         self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [..., dim] -> normalised, in x's dtype or the autocast dtype."""
+        return backends.rms_norm(x, self.weight, self.eps, self.backend.on(x))
+
+    def forward_add(self, x: torch.Tensor, residual: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(norm(x + residual), x + residual)."""
+        return backends.add_rms_norm(x, residual, self.weight, self.eps, self.backend.on(x))
+
+
+class SwiGLU(nn.Module):
+    """The MLP: w_down(silu(gate) * up), with [gate; up] packed in one matmul (w_gate_up)."""
+
+    def __init__(self, d_model: int, d_mlp: int, backend: str = "auto"):
+        super().__init__()
+        self.backend = OpBackend("mlp", backend)
+        self.w_gate_up = nn.Linear(d_model, 2 * d_mlp, bias=False)
+        self.w_down = nn.Linear(d_mlp, d_model, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate_up = self.w_gate_up(x)
+        return self.w_down(backends.swiglu_packed(gate_up, self.backend.on(gate_up)))
 
 
 class Attention(nn.Module):
+    """Causal self-attention with RoPE and grouped KV heads; q, k, v from one packed matmul (wqkv)."""
+
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.backend = cfg, OpBackend("attention", cfg.attention)
         hd = cfg.head_dim
         self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * hd, bias=False)
         self.wo = nn.Linear(cfg.n_heads * hd, cfg.d_model, bias=False)
 
-    def forward(self, x, cos, sin, backend: str, targets=None):
+    def forward(self, x, cos, sin, targets=None):
         """x [B, T, d_model] -> ([B, T, d_model], AttentionStats or None)."""
         cfg, (B, T, _) = self.cfg, x.shape
         q, k, v = self.wqkv(x).split(
@@ -72,7 +113,8 @@ class Attention(nn.Module):
         v = v.view(B, T, cfg.kv_heads, cfg.head_dim)
         dropout_p = cfg.dropout if self.training else 0.0
         out, stats = backends.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                        backend=backend, dropout_p=dropout_p, targets=targets)
+                                        backend=self.backend.on(x, dropout_p > 0), dropout_p=dropout_p,
+                                        targets=targets)
         return self.wo(out.transpose(1, 2).reshape(B, T, -1)), stats
 
 
@@ -80,21 +122,25 @@ class Block(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
         self.cfg = cfg
-        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm)
         self.attn = Attention(cfg)
-        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps)
-        self.w_gate_up = nn.Linear(cfg.d_model, 2 * cfg.d_mlp, bias=False)
-        self.w_down = nn.Linear(cfg.d_mlp, cfg.d_model, bias=False)
+        self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm)
+        self.mlp = SwiGLU(cfg.d_model, cfg.d_mlp, cfg.mlp)
         self.dropout = nn.Dropout(cfg.dropout)
+        self._register_load_state_dict_pre_hook(_rename_legacy_mlp_keys)
 
-    def forward(self, x, cos, sin, ops: dict[str, str], targets=None):
-        eps = self.cfg.norm_eps
-        h = backends.rms_norm(x, self.attn_norm.weight, eps, ops["norm"])
-        attn_out, stats = self.attn(h, cos, sin, ops["attention"], targets)
+    def forward(self, x, cos, sin, targets=None):
+        attn_out, stats = self.attn(self.attn_norm(x), cos, sin, targets)
         # residual add fused into the MLP's norm: x <- x + attn_out, h <- norm(x)
-        h, x = backends.add_rms_norm(self.dropout(attn_out), x, self.mlp_norm.weight, eps, ops["norm"])
-        mlp_out = self.w_down(backends.swiglu_packed(self.w_gate_up(h), ops["mlp"]))
-        return x + self.dropout(mlp_out), stats
+        h, x = self.mlp_norm.forward_add(self.dropout(attn_out), x)
+        return x + self.dropout(self.mlp(h)), stats
+
+
+def _rename_legacy_mlp_keys(state_dict, prefix, *args) -> None:
+    """Checkpoints written before the MLP became a module hold `w_gate_up` / `w_down` on the block."""
+    for name in ("w_gate_up.weight", "w_down.weight"):
+        if prefix + name in state_dict:
+            state_dict[prefix + "mlp." + name] = state_dict.pop(prefix + name)
 
 
 class Llama(nn.Module):
@@ -105,7 +151,7 @@ class Llama(nn.Module):
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
-        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps)
+        self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
@@ -124,15 +170,6 @@ class Llama(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def ops(self, device: torch.device) -> dict[str, str]:
-        """Concrete backend of each op on `device` (resolving "auto")."""
-        cfg, dropout = self.cfg, self.cfg.dropout > 0 and self.training
-        return {
-            "attention": backends.resolve("attention", cfg.attention, device.type, dropout),
-            "norm": backends.resolve("norm", cfg.norm, device.type),
-            "mlp": backends.resolve("mlp", cfg.mlp, device.type),
-        }
-
     def forward(self, idx: torch.Tensor, attention_targets: torch.Tensor | None = None):
         """idx [B, T] int64, T <= context -> logits [B, T, vocab] (fp32 unless under autocast).
 
@@ -142,14 +179,13 @@ class Llama(nn.Module):
         B, T = idx.shape
         if T > self.cfg.context:
             raise ValueError(f"sequence of {T} tokens is longer than the model's context ({self.cfg.context})")
-        ops = self.ops(idx.device)
         cos, sin = rope_tables(T, self.cfg.head_dim, self.cfg.rope_theta, idx.device)
         x = self.dropout(self.embed(idx))
         all_stats: list[AttentionStats] = []
         for block in self.blocks:
-            x, stats = block(x, cos, sin, ops, attention_targets)
+            x, stats = block(x, cos, sin, attention_targets)
             all_stats.append(stats)
-        logits = self.lm_head(backends.rms_norm(x, self.norm.weight, self.cfg.norm_eps, ops["norm"]))
+        logits = self.lm_head(self.norm(x))
         return logits if attention_targets is None else (logits, all_stats)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

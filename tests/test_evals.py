@@ -12,12 +12,12 @@ from evals.copying import (
     make_copy_cases,
     make_repeat_batch,
     repeat_metrics,
-    second_copy_targets,
 )
 from evals.curves import plot_curves, run_summary
 from evals.onsets import half_max_step
+from evals.targets import second_copy_targets
+from kernels.reference import AttentionStats
 from model import Llama, LlamaConfig
-from model.backends import AttentionStats
 
 VOCAB = 60
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 from test_train import ROOT, env, run_train
 
-from evals.copying import make_repeat_batch, repeat_metrics, second_copy_targets
+from evals.copying import make_repeat_batch, repeat_metrics
+from evals.targets import second_copy_targets
 from model import PRESETS, Llama, LlamaConfig, from_hf
 from model.hf import export_hf, model_shape_from_hf
 from model.run_dir import RunDir

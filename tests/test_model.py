@@ -4,8 +4,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels.reference import attention_reference, attention_stats_reference
 from model import PRESETS, Llama, LlamaConfig, load_checkpoint
-from model.backends import attention_torch, resolve
+from model.backends import resolve
 
 SMALL = dict(vocab_size=97, n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, d_mlp=48, context=64)
 
@@ -57,7 +58,7 @@ def test_attention_backends_agree(tie):
 
 def test_attention_reference_matches_materialised_softmax():
     q, k, v = (torch.randn(2, 4, 9, 8, dtype=torch.float64) for _ in range(3))
-    out, _ = attention_torch(q, k, v)
+    out = attention_reference(q, k, v)
     scores = q @ k.transpose(-1, -2) / 8**0.5
     scores = scores.masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), float("-inf"))
     torch.testing.assert_close(out, scores.softmax(-1) @ v)
@@ -67,7 +68,7 @@ def test_attention_stats_reference():
     """lse, entropy and target mass of the torch path against direct computation."""
     q, k, v = (torch.randn(1, 2, 6, 4, dtype=torch.float64) for _ in range(3))
     targets = torch.tensor([[[0, -1], [0, 1], [3, 1], [2, 5], [4, 0], [5, 5]]])  # [1, 6, 2]; 3 at t=2 is future
-    _, stats = attention_torch(q, k, v, targets=targets)
+    _, stats = attention_stats_reference(q, k, v, targets=targets)
     scores = (q @ k.transpose(-1, -2) / 2).masked_fill(torch.ones(6, 6, dtype=torch.bool).triu(1), float("-inf"))
     p = scores.softmax(-1)
     torch.testing.assert_close(stats.lse, scores.logsumexp(-1).float(), check_dtype=False)
@@ -84,8 +85,8 @@ def test_grouped_kv_heads_match_repeated_heads():
     torch.manual_seed(0)
     q = torch.randn(1, 4, 10, 8)
     k, v = torch.randn(1, 2, 10, 8), torch.randn(1, 2, 10, 8)
-    out, _ = attention_torch(q, k, v)
-    full, _ = attention_torch(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
+    out = attention_reference(q, k, v)
+    full = attention_reference(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
     torch.testing.assert_close(out, full)
 
 

@@ -13,8 +13,8 @@ from evals.scores import (
     previous_token_scores,
     target_mass_scores,
 )
+from kernels.reference import AttentionStats
 from model import Llama, LlamaConfig
-from model.backends import AttentionStats
 
 VOCAB, T = 64, 32
 

@@ -1,4 +1,5 @@
-"""Target keys for `flash_attention_with_stats`: where a copying head should look, per query.
+"""Target keys for the attention statistics (`flash_attention_with_stats`, the model's
+`attention_targets`): where a copying head should look, per query. Eval definitions, not kernels.
 
 Each helper returns an int64 [B, T, 1] tensor of key positions (-1: no target). Passed as
 `targets`, the kernel reports the attention probability each query puts on its target key
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["induction_targets", "previous_token_targets", "repeat_targets"]
+__all__ = ["induction_targets", "previous_token_targets", "repeat_targets", "second_copy_targets"]
 
 
 def induction_targets(tokens: torch.Tensor) -> torch.Tensor:
@@ -57,3 +58,16 @@ def repeat_targets(batch: int, T: int, period: int, device: torch.device | str |
     t = torch.arange(T, device=device)
     targets = torch.where(t >= period, t - period + 1, torch.full_like(t, -1))
     return targets.expand(batch, T)[:, :, None].clone()
+
+
+def second_copy_targets(seq_len: int, periods: torch.Tensor) -> torch.Tensor:
+    """Induction targets [n, seq_len, 1] for make_repeat_batch's sequences: t - L + 1 in the second
+    copy, -1 elsewhere (the lead-in and the first copy are not scored).
+
+    Unlike repeat_targets (one period, the copies starting at position 0), each sequence
+    has its own period L and its second copy ends at the last position.
+    """
+    t = torch.arange(seq_len, device=periods.device)[None, :]
+    L = periods[:, None]
+    second = t >= seq_len - L
+    return torch.where(second, t - L + 1, -1)[..., None]
