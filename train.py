@@ -31,6 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from grokcopy.data import TokenDataset, WindowSampler
+from grokcopy.data.prepare import ensure_default_corpus
+from grokcopy.evals.copying import MIN_SEQ_LEN, copy_metrics, load_or_make_copy_cases, make_repeat_batch, repeat_metrics
+from grokcopy.evals.curves import plot_curves, run_summary
+from grokcopy.evals.scores import batch_text_scores, text_scores, text_targets
+from grokcopy.evals.tensorboard import TensorBoardLog, tensorboard_available
+from grokcopy.model import PRESETS, Llama, LlamaConfig
+from grokcopy.model.config import ConfigError, TrainConfig, check_type, field_types, scalar_type
+from grokcopy.model.hf import load_hf_weights, model_shape_from_hf, read_hf_config
+from grokcopy.model.run_dir import CheckpointError, MetricsLog, NotARunError, RunDir, RunDirInUse
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -38,17 +48,6 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-
-from data import TokenDataset, WindowSampler
-from data.prepare import ensure_default_corpus
-from evals.copying import MIN_SEQ_LEN, copy_metrics, load_or_make_copy_cases, make_repeat_batch, repeat_metrics
-from evals.curves import plot_curves, run_summary
-from evals.scores import batch_text_scores, text_scores, text_targets
-from evals.tensorboard import TensorBoardLog, tensorboard_available
-from model import PRESETS, Llama, LlamaConfig
-from model.config import ConfigError, TrainConfig, check_type, field_types, scalar_type
-from model.hf import load_hf_weights, model_shape_from_hf, read_hf_config
-from model.run_dir import CheckpointError, MetricsLog, NotARunError, RunDir, RunDirInUse
 
 MODEL_FIELDS = {f.name for f in fields(LlamaConfig)}
 
@@ -294,7 +293,7 @@ def load_corpus(cfg: TrainConfig, model_cfg: LlamaConfig, world: int, master: bo
         data_dir = Path(cfg.data)
         if not (data_dir / "meta.json").is_file():
             raise ConfigError(f"--data {data_dir}: not a prepared corpus (no meta.json); "
-                              "make one with `python -m data.prepare`")
+                              "make one with `python -m grokcopy.data.prepare`")
     else:
         # the model's vocab picks the tokenizer: 257 is raw bytes, anything else a BPE of that size
         corpus = {"bytes_level": model_cfg.vocab_size == 257, "vocab_size": model_cfg.vocab_size}

@@ -45,7 +45,7 @@ NATIVE_TESTS = ["tests/test_mixed_precision.py", "tests/test_model.py", "tests/t
 # parse_args of a module, run on the step's own arguments: what --dry-run uses for non-pytest steps
 PARSE_ONLY = {
     "train.py": "import sys, train; train.parse_args(sys.argv[1:])",
-    "data.prepare": "import sys, data.prepare as m; m.build_parser().parse_args(sys.argv[1:])",
+    "data.prepare": "import sys, grokcopy.data.prepare as m; m.build_parser().parse_args(sys.argv[1:])",
 }
 
 
@@ -71,7 +71,7 @@ def plan(out: Path, data: Path, run_minutes: float, bench_filter: str, matrix_co
                                f"--benchmark-json={out / 'kernels.json'}"], 600),
         Step("bench-attention", [py, "-m", "pytest", "bench/test_attention.py", "-q", *k,
                                  f"--benchmark-json={out / 'attention.json'}"], 900),
-        Step("corpus", [py, "-m", "data.prepare", "--default", "--vocab-size", "32000", "--out", str(data),
+        Step("corpus", [py, "-m", "grokcopy.data.prepare", "--default", "--vocab-size", "32000", "--out", str(data),
                         "--quiet"], 300),
         Step("train-matrix", [py, "-m", "bench.train_matrix", "--preset", "paper-162m", "--data", str(data),
                               "--steps", "50", "--compile", matrix_compile,
@@ -96,7 +96,7 @@ def dry_run_command(step: Step) -> list[str]:
     if "train.py" in cmd:
         script = cmd.index("train.py")
         return [sys.executable, "-c", PARSE_ONLY["train.py"], *cmd[script + 1 :]]
-    if cmd[1:3] == ["-m", "data.prepare"]:
+    if cmd[1:3] == ["-m", "grokcopy.data.prepare"]:
         return [sys.executable, "-c", PARSE_ONLY["data.prepare"], *cmd[3:]]
     return [*cmd, "--dry-run"]
 
@@ -231,8 +231,8 @@ def collect_run(run_dir: Path, out: Path) -> None:
         if (run_dir / name).is_file():
             shutil.copy(run_dir / name, out / f"run-{name}")
     try:
-        from evals.curves import plot_curves
-        from model.run_dir import RunDir
+        from grokcopy.evals.curves import plot_curves
+        from grokcopy.model.run_dir import RunDir
 
         records = RunDir(run_dir).read_metrics()[0]
         if any("copy_gain" in r for r in records):

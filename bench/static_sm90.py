@@ -75,7 +75,8 @@ def compile_only(record: list, compile: bool = True):
     from triton.runtime import autotuner, driver, jit
 
     # importlib: `kernels.rms_norm` as an attribute is the function that kernels/__init__ exports
-    modules = [importlib.import_module(f"kernels.{name}") for name in ("flash_attention", "rms_norm", "swiglu")]
+    modules = [importlib.import_module(f"grokcopy.kernels.{name}")
+               for name in ("flash_attention", "rms_norm", "swiglu")]
     real_run, real_tune_run = jit.JITFunction.run, autotuner.Autotuner.run
     saved_checks = {m: m.check_inputs for m in modules}
 
@@ -111,10 +112,9 @@ def compile_only(record: list, compile: bool = True):
 def launch_model_shapes() -> None:
     """Call every launcher at the model's shapes (bf16, CPU tensors: nothing runs)."""
     import torch
-
-    from kernels.flash_attention import flash_attention_backward, flash_attention_forward
-    from kernels.rms_norm import rms_norm_backward, rms_norm_forward
-    from kernels.swiglu import swiglu_backward, swiglu_forward
+    from grokcopy.kernels.flash_attention import flash_attention_backward, flash_attention_forward
+    from grokcopy.kernels.rms_norm import rms_norm_backward, rms_norm_forward
+    from grokcopy.kernels.swiglu import swiglu_backward, swiglu_forward
 
     bf16 = torch.bfloat16
     for head_dim, T in ATTENTION_SHAPES:

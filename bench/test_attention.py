@@ -25,10 +25,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from grokcopy.evals.targets import repeat_targets
+from grokcopy.kernels import flash_attention, flash_attention_with_stats
 from triton.testing import do_bench
-
-from evals.targets import repeat_targets
-from kernels import flash_attention, flash_attention_with_stats
 
 DTYPE = torch.bfloat16
 TOKENS = 16384

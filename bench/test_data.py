@@ -8,9 +8,8 @@ reader is >= 10M tokens/s (recorded, not asserted: wall-clock figures depend on 
 
 import numpy as np
 import pytest
-
-from data import TokenDataset
-from data.prepare import ensure_default_corpus
+from grokcopy.data import TokenDataset
+from grokcopy.data.prepare import ensure_default_corpus
 
 WINDOW = 1025
 N_WINDOWS = 2000

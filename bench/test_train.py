@@ -15,9 +15,8 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
-
-from model import PRESETS, Llama
-from model.backends import available
+from grokcopy.model import PRESETS, Llama
+from grokcopy.model.backends import available
 
 CUDA = torch.cuda.is_available()
 PRESET = "paper-162m" if CUDA else "tiny"

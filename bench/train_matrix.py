@@ -27,10 +27,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-
-from data import TokenDataset, WindowSampler
-from model import PRESETS, Llama, LlamaConfig
-from model.backends import available
+from grokcopy.data import TokenDataset, WindowSampler
+from grokcopy.model import PRESETS, Llama, LlamaConfig
+from grokcopy.model.backends import available
 
 # Dense bf16 tensor-core peak (no sparsity) from NVIDIA's datasheets, TFLOP/s.
 PEAK_TFLOPS = {"H100 80GB HBM3": 989.4, "H100 SXM": 989.4, "H200": 989.4, "H100 PCIe": 756.0, "A100": 312.0}

@@ -1,7 +1,7 @@
 """Tokenise text into train/val token shards.
 
-    python -m data.prepare --input PATH [PATH ...] --out DIR (--tokenizer FILE | --vocab-size N | --bytes)
-    python -m data.prepare --default --out DIR
+    python -m grokcopy.data.prepare --input PATH [PATH ...] --out DIR (--tokenizer FILE | --vocab-size N | --bytes)
+    python -m grokcopy.data.prepare --default --out DIR
 
 Inputs are text files of any extension, directories (searched recursively; files that look binary
 are skipped and counted), and `.jsonl` / `.jsonl.zst` files whose lines hold a `text` field. Each
@@ -27,9 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import zstandard
+from grokcopy.data.shards import DEFAULT_FRAME_TOKENS, DEFAULT_LEVEL, DEFAULT_SHARD_TOKENS, TokenDataset, write_shards
 from tqdm import tqdm
-
-from data.shards import DEFAULT_FRAME_TOKENS, DEFAULT_LEVEL, DEFAULT_SHARD_TOKENS, TokenDataset, write_shards
 
 EOT_TOKEN = "<|endoftext|>"
 # Names other tokenizers use for their end-of-text token, tried in order when none is given.
@@ -316,7 +315,8 @@ def open_split(corpus_dir: str | os.PathLike, split: str) -> TokenDataset:
     """The `split` ("train" or "val") of a prepared corpus directory."""
     path = Path(corpus_dir) / split
     if not (Path(corpus_dir) / "meta.json").is_file():
-        raise FileNotFoundError(f"{corpus_dir}: no meta.json here; prepare the corpus with `python -m data.prepare`")
+        raise FileNotFoundError(f"{corpus_dir}: no meta.json here; prepare the corpus with "
+                                "`python -m grokcopy.data.prepare`")
     return TokenDataset(path)
 
 
@@ -371,7 +371,7 @@ def ensure_default_corpus(bytes_level: bool = False, vocab_size: int = DEFAULT_V
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m data.prepare", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m grokcopy.data.prepare", description=__doc__.split("\n\n")[0])
     src = parser.add_mutually_exclusive_group(required=True)
     src.add_argument("--input", nargs="+", metavar="PATH", help="text files, directories, .jsonl(.zst) files")
     src.add_argument("--default", action="store_true", help="the Python standard library's own sources")

@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import zstandard
-
-from data.atomic import write_atomically
+from grokcopy.data.atomic import write_atomically
 
 MAGIC = b"GRKTOKS\x00"
 FORMAT_VERSION = 1

@@ -25,9 +25,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from data.atomic import write_atomically
-from evals.targets import second_copy_targets
+from grokcopy.data.atomic import write_atomically
+from grokcopy.evals.targets import second_copy_targets
 
 PREFIX_TOKENS = 12
 SUFFIX_TOKENS = 6

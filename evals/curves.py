@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evals.onsets import COPY_SURGE_LEVEL, copy_token_gain, eval_records, run_onsets
+from grokcopy.evals.onsets import COPY_SURGE_LEVEL, copy_token_gain, eval_records, run_onsets
 
 
 def pyplot():

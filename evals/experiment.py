@@ -1,13 +1,13 @@
 """Run the paper's experiments: lists of train.py runs, shared between experiments, one or more at a time.
 
-    python -m evals.experiment lr --preset tiny --out runs/experiments
-    python -m evals.experiment all --jobs 2            # every experiment, two runs at once
-    python -m evals.experiment intensity --preset paper-162m --nproc-per-node 8 --dry-run
+    python -m grokcopy.evals.experiment lr --preset tiny --out runs/experiments
+    python -m grokcopy.evals.experiment all --jobs 2            # every experiment, two runs at once
+    python -m grokcopy.evals.experiment intensity --preset paper-162m --nproc-per-node 8 --dry-run
 
 An experiment is data: EXPERIMENTS[preset][name] is a list of (label, axis values). A run is named by
 its axis values (lr0.003-bs4-wd0.1-do0) and lives once in OUT/runs/<run name>; OUT/NAME/<label> is a
 symlink to it, so the baseline trains once although four experiments contain it, and
-`python -m evals.report OUT/NAME/*` reads an experiment. Re-running a command resumes: a run with
+`python -m grokcopy.evals.report OUT/NAME/*` reads an experiment. Re-running a command resumes: a run with
 final.json is skipped, one that another process is training is skipped (train.py locks its run
 directory), and an unfinished one resumes from its latest checkpoint (train.py does that).
 Every run gets `--min-lr` of a tenth of its own LR (a cosine floor that follows the LR axis). `--max-steps N` shortens
@@ -28,8 +28,8 @@ import sys
 import time
 from pathlib import Path
 
-from model import PRESETS
-from model.run_dir import RunDir
+from grokcopy.model import PRESETS
+from grokcopy.model.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,7 +143,7 @@ def run_all(commands: list[tuple[Path, list[str]]], jobs: int, log_dir: Path) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evals.experiment", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m grokcopy.evals.experiment", description=__doc__.split("\n")[0])
     parser.add_argument("names", nargs="+", metavar="NAME",
                         help="one or more of: all, " + ", ".join(EXPERIMENTS["tiny"]))
     parser.add_argument("--preset", default="tiny", choices=sorted(EXPERIMENTS))

@@ -1,6 +1,6 @@
 """Summarise a run directory: what was trained, how far it got, when copying appeared.
 
-    python -m evals.inspect RUN_DIR [--json] [--induction-threshold 0.3]
+    python -m grokcopy.evals.inspect RUN_DIR [--json] [--induction-threshold 0.3]
 
 Reads only what is on disk, so it works on a run that is still training (a half-written last
 line of metrics.jsonl is skipped and counted), on a crashed one and on a finished one. Prints the
@@ -21,11 +21,10 @@ import time
 from pathlib import Path
 
 import torch
-
-from evals.onsets import INDUCTION_THRESHOLD, induction_onset_steps
-from model.config import LlamaConfig
-from model.llama import Llama
-from model.run_dir import CheckpointError, NotARunError, RunDir
+from grokcopy.evals.onsets import INDUCTION_THRESHOLD, induction_onset_steps
+from grokcopy.model.config import LlamaConfig
+from grokcopy.model.llama import Llama
+from grokcopy.model.run_dir import CheckpointError, NotARunError, RunDir
 
 COPY_ACC_MILESTONE = 0.5
 RECIPE_FIELDS = ("lr", "schedule", "warmup_steps", "weight_decay", "batch_size", "seq_len", "grad_accum", "max_steps")
@@ -195,7 +194,7 @@ def format_report(r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evals.inspect", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m grokcopy.evals.inspect", description=__doc__.split("\n\n")[0])
     parser.add_argument("run_dir", help="a run directory (train.py --out)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--induction-threshold", type=float, default=INDUCTION_THRESHOLD,

@@ -1,6 +1,6 @@
 """Figures and a markdown summary of one or more runs (an experiment's run directories).
 
-    python -m evals.report runs/experiments/lr/* --out reports/lr
+    python -m grokcopy.evals.report runs/experiments/lr/* --out reports/lr
 
 Writes to OUT:
 - <run>-curves.png: val loss and copy accuracy / gains against steps on twin axes, the loss
@@ -20,9 +20,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from evals.curves import plot_overlay, pyplot
-from evals.onsets import COPY_SURGE_LEVEL, INDUCTION_THRESHOLD, copy_token_gain, eval_records, run_onsets
-from model.run_dir import RunDir
+from grokcopy.evals.curves import plot_overlay, pyplot
+from grokcopy.evals.onsets import COPY_SURGE_LEVEL, INDUCTION_THRESHOLD, copy_token_gain, eval_records, run_onsets
+from grokcopy.model.run_dir import RunDir
 
 # the layer x step panels of <run>-layers.png, drawn when the records have the key
 LAYER_SCORES = (("induction_max", "induction (repeated random tokens)"),
@@ -225,7 +225,7 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m evals.report", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m grokcopy.evals.report", description=__doc__.split("\n")[0])
     parser.add_argument("runs", nargs="+", type=Path, help="run directories (config.json + metrics.jsonl)")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--threshold", type=float, default=INDUCTION_THRESHOLD, help="induction onset threshold")

@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
-from evals.curves import pyplot
+from grokcopy.evals.curves import pyplot
 
 EVAL_KEYS = ("val_loss", "repeat_acc")
 

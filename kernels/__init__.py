@@ -7,7 +7,7 @@ without it (macOS) `import kernels` gives them alone, and the model runs on its 
 
 import importlib.util
 
-from kernels.reference import (
+from grokcopy.kernels.reference import (
     AttentionStats,
     attention_reference,
     attention_stats_reference,
@@ -21,14 +21,14 @@ __all__ = ["AttentionStats", "attention_reference", "attention_stats_reference",
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 if HAS_TRITON:
-    from kernels.flash_attention import (
+    from grokcopy.kernels.flash_attention import (
         flash_attention,
         flash_attention_backward,
         flash_attention_forward,
         flash_attention_with_stats,
     )
-    from kernels.rms_norm import fused_add_rms_norm, rms_norm
-    from kernels.swiglu import swiglu, swiglu_packed
+    from grokcopy.kernels.rms_norm import fused_add_rms_norm, rms_norm
+    from grokcopy.kernels.swiglu import swiglu, swiglu_packed
 
     __all__ += ["flash_attention", "flash_attention_backward", "flash_attention_forward", "flash_attention_with_stats",
                 "fused_add_rms_norm", "rms_norm", "swiglu", "swiglu_packed"]

@@ -42,9 +42,8 @@ import os
 import torch
 import triton
 import triton.language as tl
-
-from kernels._common import cast_rne, check_inputs, dot_dtype, interpreting
-from kernels.reference import AttentionStats, attention_reference, attention_stats_reference
+from grokcopy.kernels._common import cast_rne, check_inputs, dot_dtype, interpreting
+from grokcopy.kernels.reference import AttentionStats, attention_reference, attention_stats_reference
 
 __all__ = [
     "AttentionStats",

@@ -28,9 +28,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from kernels._common import SUPPORTED_FLOAT_DTYPES, as_rows, cast_rne, check_inputs, interpreting
-from kernels.reference import fused_add_rms_norm_reference, rms_norm_reference  # noqa: F401 (re-exported)
+from grokcopy.kernels._common import SUPPORTED_FLOAT_DTYPES, as_rows, cast_rne, check_inputs, interpreting
+from grokcopy.kernels.reference import fused_add_rms_norm_reference, rms_norm_reference  # noqa: F401 (re-exported)
 
 # A row lives in registers as one block of next_power_of_2(D) fp32 values. Up to this width that
 # works (the widest rows spill part of it to local memory: slower, still correct); wider rows would

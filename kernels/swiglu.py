@@ -20,9 +20,8 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-
-from kernels._common import as_rows, cast_rne, check_inputs
-from kernels.reference import swiglu_reference  # noqa: F401 (re-exported)
+from grokcopy.kernels._common import as_rows, cast_rne, check_inputs
+from grokcopy.kernels.reference import swiglu_reference  # noqa: F401 (re-exported)
 
 # Elements per program and warps per program for these elementwise kernels: 16 values per thread,
 # so each thread moves 32 contiguous bytes of bf16 per tensor. Chosen, not tuned on a GPU.

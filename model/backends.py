@@ -17,8 +17,7 @@ import importlib.util
 
 import torch
 import torch.nn.functional as F
-
-from kernels import reference
+from grokcopy.kernels import reference
 
 
 @functools.cache
@@ -30,7 +29,7 @@ def available(op: str, backend: str) -> bool:
         return op == "attention" and importlib.util.find_spec("flash_attn") is not None
     if backend == "triton":
         try:
-            import kernels
+            from grokcopy import kernels
         except ImportError:
             return False
         name = {"attention": "flash_attention", "norm": "rms_norm", "mlp": "swiglu_packed"}[op]
@@ -67,7 +66,7 @@ def attention(q, k, v, *, backend: str, dropout_p: float = 0.0, targets: torch.T
     chunks without autograd (reference.causal_attention_stats: no [B, H, T, T] kept for backward).
     """
     if backend == "triton":
-        import kernels
+        from grokcopy import kernels
 
         if targets is not None:
             return kernels.flash_attention_with_stats(q, k, v, targets=targets, causal=True)
@@ -113,7 +112,7 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: str) ->
     result is the same bits on either backend.
     """
     if backend == "triton":
-        import kernels
+        from grokcopy import kernels
 
         return kernels.rms_norm(x, weight, eps, out_dtype=autocast_dtype(x))
     return reference.rms_norm_reference(x, weight, eps, out_dtype=autocast_dtype(x))
@@ -125,7 +124,7 @@ def add_rms_norm(x, residual, weight, eps: float, backend: str):
     x is a branch's output (bf16 under autocast), residual the fp32 stream; the sum stays fp32.
     """
     if backend == "triton":
-        import kernels
+        from grokcopy import kernels
 
         return kernels.fused_add_rms_norm(x, residual, weight, eps, out_dtype=autocast_dtype(x))
     return reference.fused_add_rms_norm_reference(x, residual, weight, eps, out_dtype=autocast_dtype(x))
@@ -134,7 +133,7 @@ def add_rms_norm(x, residual, weight, eps: float, backend: str):
 def swiglu_packed(gate_up: torch.Tensor, backend: str) -> torch.Tensor:
     """silu(gate_up[..., :I]) * gate_up[..., I:] for gate_up [..., 2I]."""
     if backend == "triton":
-        import kernels
+        from grokcopy import kernels
 
         return kernels.swiglu_packed(gate_up)
     return reference.swiglu_reference(*gate_up.chunk(2, dim=-1))

@@ -1,6 +1,6 @@
 """Hugging Face interop: export a run as a `LlamaForCausalLM` directory, load any HF Llama.
 
-    python -m model.hf export RUN_DIR_OR_CHECKPOINT OUT_DIR [--dtype fp32|bf16]
+    python -m grokcopy.model.hf export RUN_DIR_OR_CHECKPOINT OUT_DIR [--dtype fp32|bf16]
 
 The export holds config.json, model.safetensors and generation_config.json, which
 `transformers.AutoModelForCausalLM.from_pretrained(OUT_DIR)` opens as a LlamaForCausalLM, and the
@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-
-from data.prepare import EOT_TOKEN
-from model.config import LlamaConfig
-from model.llama import Llama
-from model.run_dir import load_checkpoint, resolve_checkpoint
+from grokcopy.data.prepare import EOT_TOKEN
+from grokcopy.model.config import LlamaConfig
+from grokcopy.model.llama import Llama
+from grokcopy.model.run_dir import load_checkpoint, resolve_checkpoint
 
 if TYPE_CHECKING:
     import tokenizers
@@ -290,7 +289,7 @@ def export_hf(source: str | os.PathLike, out_dir: str | os.PathLike, dtype: str 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m model.hf", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m grokcopy.model.hf", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     export = commands.add_parser("export", help="write a run as a Hugging Face LlamaForCausalLM directory")
     export.add_argument("source", help="a run directory (its latest checkpoint) or a checkpoint file")

@@ -24,10 +24,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from kernels.reference import AttentionStats
-from model import backends
-from model.config import LlamaConfig
+from grokcopy.kernels.reference import AttentionStats
+from grokcopy.model import backends
+from grokcopy.model.config import LlamaConfig
 
 
 def rope_tables(T: int, head_dim: int, theta: float, device) -> tuple[torch.Tensor, torch.Tensor]:

@@ -30,8 +30,7 @@ from typing import IO, Any
 
 import numpy as np
 import torch
-
-from data.atomic import write_atomically
+from grokcopy.data.atomic import write_atomically
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)\.pt$")
 CHECKSUMS = "SHA256SUMS"
@@ -360,8 +359,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu",
                     warn: Callable[[str], None] = lambda message: None):
     """(model, config) from a checkpoint file or a run directory (its newest checkpoint that verifies),
     checksum-verified like a resume. Raises FileNotFoundError or CheckpointError naming the file."""
-    from model.config import LlamaConfig
-    from model.llama import Llama
+    from grokcopy.model.config import LlamaConfig
+    from grokcopy.model.llama import Llama
 
     run, file = resolve_checkpoint(path)
     state, _ = run.load_state(file, map_location=map_location, warn=warn)

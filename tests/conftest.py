@@ -30,7 +30,7 @@ def _seed_everything():
 @pytest.fixture(scope="session")
 def corpus(tmp_path_factory):
     """A small byte-level corpus (a few standard-library modules), shared by the trainer tests."""
-    from data.prepare import bytes_tokenizer, collect_sources, prepare
+    from grokcopy.data.prepare import bytes_tokenizer, collect_sources, prepare
 
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     files = [stdlib / name for name in ("os.py", "argparse.py", "random.py", "textwrap.py", "shlex.py")]

@@ -3,9 +3,8 @@
 import numpy as np
 import pytest
 import torch
-
-from data import TokenDataset, write_shards
-from evals.copying import (
+from grokcopy.data import TokenDataset, write_shards
+from grokcopy.evals.copying import (
     PREFIX_TOKENS,
     SUFFIX_TOKENS,
     copy_metrics,
@@ -13,11 +12,11 @@ from evals.copying import (
     make_repeat_batch,
     repeat_metrics,
 )
-from evals.curves import plot_curves, run_summary
-from evals.onsets import half_max_step
-from evals.targets import second_copy_targets
-from kernels.reference import AttentionStats
-from model import Llama, LlamaConfig
+from grokcopy.evals.curves import plot_curves, run_summary
+from grokcopy.evals.onsets import half_max_step
+from grokcopy.evals.targets import second_copy_targets
+from grokcopy.kernels.reference import AttentionStats
+from grokcopy.model import Llama, LlamaConfig
 
 VOCAB = 60
 

@@ -3,7 +3,8 @@ end and resumes (finished runs are skipped)."""
 
 import shlex
 
-from evals import experiment
+from grokcopy.evals import experiment
+
 from tests.test_train import SMALL
 
 
@@ -60,7 +61,7 @@ def test_tiny_experiment_runs_and_resumes(corpus, tmp_path, monkeypatch, capsys)
 
 def test_a_run_in_use_is_left_alone(tmp_path, capsys):
     """A run directory another process trains into (train.py holds its lock) is skipped, not trained twice."""
-    from model.run_dir import RunDir
+    from grokcopy.model.run_dir import RunDir
 
     run_dir = tmp_path / "runs" / "lr0.003-bs4-wd0.1-do0-steps1"
     lock = RunDir(run_dir)

@@ -8,8 +8,7 @@ import math
 
 import pytest
 import torch
-
-from kernels import (
+from grokcopy.kernels import (
     attention_reference,
     flash_attention,
     flash_attention_backward,

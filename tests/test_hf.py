@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from grokcopy.evals.copying import make_repeat_batch, repeat_metrics
+from grokcopy.evals.targets import second_copy_targets
+from grokcopy.model import PRESETS, Llama, LlamaConfig, from_hf
+from grokcopy.model.hf import export_hf, model_shape_from_hf
+from grokcopy.model.run_dir import RunDir
 from test_train import ROOT, env, run_train
-
-from evals.copying import make_repeat_batch, repeat_metrics
-from evals.targets import second_copy_targets
-from model import PRESETS, Llama, LlamaConfig, from_hf
-from model.hf import export_hf, model_shape_from_hf
-from model.run_dir import RunDir
 
 transformers = pytest.importorskip("transformers", reason="needs the hf extra: pip install -e '.[hf]'")
 pytest.importorskip("safetensors", reason="needs the hf extra: pip install -e '.[hf]'")
@@ -49,7 +48,7 @@ def bpe_corpus(tmp_path_factory):
     """A corpus with a small trained BPE (300 tokens): its tokenizer.json is what export must carry."""
     import sysconfig
 
-    from data.prepare import collect_sources, prepare
+    from grokcopy.data.prepare import collect_sources, prepare
 
     out = tmp_path_factory.mktemp("bpe") / "corpus"
     stdlib = Path(sysconfig.get_paths()["stdlib"])

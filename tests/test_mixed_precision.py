@@ -10,8 +10,7 @@ import itertools
 
 import pytest
 import torch
-
-from model import Llama, LlamaConfig
+from grokcopy.model import Llama, LlamaConfig
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 SHAPE = dict(vocab_size=97, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64, d_mlp=128, context=64)
@@ -65,7 +64,7 @@ def test_residual_stream_stays_fp32_under_autocast():
 def test_stats_forward_keeps_no_score_matrix_for_backward():
     """--train-stats-every on sdpa: the statistics come from a no-grad chunked pass, so autograd saves no
     [B, H, T, T] tensor (the fp32 torch path used to keep them for backward: 1.6 GB at paper-162m)."""
-    from evals.scores import text_targets
+    from grokcopy.evals.scores import text_targets
 
     model = Llama(LlamaConfig(**SHAPE, attention="sdpa", norm="torch", mlp="torch")).to(DEVICE)
     idx = torch.randint(0, 97, (2, 64), device=DEVICE)

@@ -3,10 +3,9 @@
 import pytest
 import torch
 import torch.nn.functional as F
-
-from kernels.reference import attention_reference, attention_stats_reference
-from model import PRESETS, Llama, LlamaConfig, load_checkpoint
-from model.backends import resolve
+from grokcopy.kernels.reference import attention_reference, attention_stats_reference
+from grokcopy.model import PRESETS, Llama, LlamaConfig, load_checkpoint
+from grokcopy.model.backends import resolve
 
 SMALL = dict(vocab_size=97, n_layers=2, n_heads=4, n_kv_heads=2, d_model=32, d_mlp=48, context=64)
 
@@ -137,7 +136,7 @@ def test_backend_resolution():
 
 
 def test_load_checkpoint_from_file_and_run_dir(tmp_path):
-    from model.run_dir import RunDir
+    from grokcopy.model.run_dir import RunDir
 
     cfg = LlamaConfig(**SMALL)
     model = Llama(cfg)
@@ -165,7 +164,7 @@ def test_logits_are_fp32_cross_entropy_ready():
 def test_triton_backends_match_torch(ops):
     """The Llama with Triton kernels (under the interpreter on CPU) matches the torch path in
     loss and every gradient, in fp32."""
-    from model.backends import available
+    from grokcopy.model.backends import available
 
     for op in ops:
         if not available(op, "triton"):

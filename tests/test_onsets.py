@@ -1,8 +1,7 @@
 """Onset definitions on synthetic curves with known answers."""
 
 import numpy as np
-
-from evals.onsets import (
+from grokcopy.evals.onsets import (
     centred,
     copy_onset_step,
     copy_surge_step,

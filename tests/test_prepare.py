@@ -1,4 +1,4 @@
-"""`python -m data.prepare`: every input kind with every tokenizer mode, and clear input errors."""
+"""`python -m grokcopy.data.prepare`: every input kind with every tokenizer mode, and clear input errors."""
 
 import json
 import sysconfig
@@ -7,8 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
-
-from data.prepare import default_sources, main, open_split
+from grokcopy.data.prepare import default_sources, main, open_split
 
 TEXTS = [f"def function_{i}(x):\n    return x * {i} + {i * i}  # café №{i}\n" * (i + 1) for i in range(12)]
 

@@ -2,7 +2,8 @@
 
 import json
 
-from evals import report
+from grokcopy.evals import report
+
 from tests.test_onsets import synthetic_records
 
 

@@ -2,8 +2,7 @@
 
 import numpy as np
 import pytest
-
-from data import TokenDataset, WindowSampler, write_shards
+from grokcopy.data import TokenDataset, WindowSampler, write_shards
 
 
 @pytest.fixture(scope="module")

@@ -3,18 +3,18 @@ hand-built attention patterns give their known answers."""
 
 import numpy as np
 import torch
-
-import kernels
-from evals.copying import make_repeat_batch, repeat_metrics
-from evals.scores import (
+from grokcopy.evals.copying import make_repeat_batch, repeat_metrics
+from grokcopy.evals.scores import (
     attention_scores,
     induction_scores,
     prefix_matching_scores,
     previous_token_scores,
     target_mass_scores,
 )
-from kernels.reference import AttentionStats
-from model import Llama, LlamaConfig
+from grokcopy.kernels.reference import AttentionStats
+from grokcopy.model import Llama, LlamaConfig
+
+from grokcopy import kernels
 
 VOCAB, T = 64, 32
 
@@ -91,7 +91,7 @@ def test_triton_stats_kernel_matches_torch_reference(monkeypatch):
 def test_training_forward_scores_equal_the_eval_scores():
     """batch_text_scores (one forward with both text targets, as train.py's --train-stats-every
     does) gives the best-head previous-token and prefix-matching mass of text_scores."""
-    from evals.scores import batch_text_scores, text_scores, text_targets
+    from grokcopy.evals.scores import batch_text_scores, text_scores, text_targets
 
     torch.manual_seed(0)
     model = Llama(LlamaConfig(vocab_size=17, n_layers=2, n_heads=2, d_model=16, d_mlp=32, context=40)).eval()

@@ -2,9 +2,8 @@
 
 import numpy as np
 import pytest
-
-from data import ShardFormatError, TokenDataset, write_shards
-from data.shards import HEADER_SIZE
+from grokcopy.data import ShardFormatError, TokenDataset, write_shards
+from grokcopy.data.shards import HEADER_SIZE
 
 
 def random_docs(rng, vocab_size, n_docs=7, max_len=300):
@@ -136,7 +135,7 @@ def test_corruption_messages_say_what_is_wrong(small_shard, pos, expected):
 
 def test_token_beyond_vocab_is_detected_even_with_valid_checksums(tmp_path):
     """A shard whose checksums are all valid but whose tokens exceed vocab_size (a writer bug)."""
-    from data import shards
+    from grokcopy.data import shards
 
     tokens = np.array([1, 2, 60, 3], dtype=np.uint16)
     chunks = shards._encode_shard(tokens, 50, frame_tokens=2, level=1)

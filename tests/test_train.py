@@ -40,7 +40,7 @@ def run_train(args, kill_after_step: int | None = None, **extra_env):
 
 
 def final_state(run_dir):
-    from model.run_dir import RunDir
+    from grokcopy.model.run_dir import RunDir
 
     return torch.load(RunDir(run_dir).checkpoints()[-1].path, weights_only=False)
 
@@ -104,7 +104,7 @@ def test_non_finite_loss_stops_and_keeps_the_checkpoints(corpus, tmp_path):
 
 @pytest.mark.slow
 def test_sigterm_writes_a_checkpoint_and_exits_cleanly(corpus, tmp_path):
-    from model.run_dir import RunDir
+    from grokcopy.model.run_dir import RunDir
 
     out = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *SMALL, "--data", str(corpus),
@@ -220,7 +220,7 @@ def test_config_file_and_its_errors(corpus, tmp_path, capsys):
 
 
 def test_a_second_trainer_on_the_same_out_stops(corpus, tmp_path, capsys):
-    from model.run_dir import RunDir
+    from grokcopy.model.run_dir import RunDir
 
     out = tmp_path / "busy"
     holder = RunDir(out)
@@ -253,7 +253,7 @@ def test_lr_schedule():
 
 
 def test_weight_decay_skips_norms():
-    from model import Llama, LlamaConfig
+    from grokcopy.model import Llama, LlamaConfig
 
     model = Llama(LlamaConfig(vocab_size=50, n_layers=1, n_heads=2, d_model=16, d_mlp=32, context=16))
     opt = train.make_optimizer(model, train.TrainConfig(weight_decay=0.1), fused=False)
