@@ -49,6 +49,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
+from grokcopy.cli import run_cli
+
 MODEL_FIELDS = {f.name for f in fields(LlamaConfig)}
 
 
@@ -659,4 +661,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

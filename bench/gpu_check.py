@@ -227,14 +227,16 @@ def main(argv: list[str] | None = None) -> int:
 
 def collect_run(run_dir: Path, out: Path) -> None:
     """Keep the run's small files (metrics, config, curves) in the results; its checkpoint stays behind."""
-    for name in ("metrics.jsonl", "config.json", "final.json"):
-        if (run_dir / name).is_file():
-            shutil.copy(run_dir / name, out / f"run-{name}")
+    from grokcopy.model.run_dir import RunDir
+
+    run = RunDir(run_dir)
+    for path in (run.metrics_path, run.config_path, run.final_path):
+        if path.is_file():
+            shutil.copy(path, out / f"run-{path.name}")
     try:
         from grokcopy.evals.curves import plot_curves
-        from grokcopy.model.run_dir import RunDir
 
-        records = RunDir(run_dir).read_metrics()[0]
+        records = run.read_metrics()[0]
         if any("copy_gain" in r for r in records):
             plot_curves(records, out / "run-curves.png", title="paper-162m, stdlib BPE-32k")
     except Exception as e:  # the figure is a convenience; the metrics are already kept

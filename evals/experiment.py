@@ -31,6 +31,8 @@ from pathlib import Path
 from grokcopy.model import PRESETS
 from grokcopy.model.run_dir import RunDir
 
+from grokcopy.cli import run_cli
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # The axes of each preset: the preset's own recipe in the middle, a factor of ~3 (LR) or 2 (batch)
@@ -175,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
                                                            max_steps=args.max_steps, nproc=args.nproc_per_node))
     todo = []
     for run_dir, cmd in commands.values():
-        if (run_dir / "final.json").is_file():
+        if RunDir(run_dir).final_path.is_file():
             print(f"skip {run_dir} (finished: final.json)", flush=True)
             continue
         if RunDir(run_dir).in_use():  # another runner (or a train.py by hand) is on it: leave it be
@@ -187,4 +189,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -26,6 +26,8 @@ from grokcopy.model.config import LlamaConfig
 from grokcopy.model.llama import Llama
 from grokcopy.model.run_dir import CheckpointError, NotARunError, RunDir
 
+from grokcopy.cli import run_cli
+
 COPY_ACC_MILESTONE = 0.5
 RECIPE_FIELDS = ("lr", "schedule", "warmup_steps", "weight_decay", "batch_size", "seq_len", "grad_accum", "max_steps")
 RECENT_RECORDS = 10  # throughput is the mean over this many of the latest logged intervals
@@ -63,6 +65,7 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTI
     run_dir = run.path
     config = run.read_config()
     records, unreadable = run.read_metrics()
+    damaged_lines, last_line_cut = run.metrics_damage()
     evals = [r for r in records if "copy_acc" in r]
     last = records[-1] if records else {"step": 0, "tokens": 0}
     model = config["model"]
@@ -84,6 +87,15 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTI
         checkpoints.append({"step": c.step, "path": str(c.path), "bytes": size, "problem": problem})
     good = [c for c in checkpoints if c["problem"] is None]
     final = run.read_final()
+    # what a resume would continue: the newest good checkpoint's own config, not an edited config.json
+    source, edited = "config.json", []
+    if good:
+        saved, saved_model = run.checkpoint_configs(Path(good[-1]["path"]))
+        edited = sorted([k for k in saved if k in config and config[k] != saved[k] and k != "out"]
+                        + [f"model.{k}" for k in saved_model if config["model"].get(k) != saved_model[k]])
+        config = {**config, **saved, "model": saved_model}
+        model = saved_model
+        source = f"checkpoint step {good[-1]['step']:,}"
     recent = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][-RECENT_RECORDS:]
 
     copy = None
@@ -115,8 +127,11 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTI
                  "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens")},
         "recipe": {**{k: config[k] for k in RECIPE_FIELDS}, "dropout": model["dropout"], "world_size": world,
                    "tokens_per_step": config["batch_size"] * config["seq_len"] * config["grad_accum"] * world},
+        "config_source": source,
+        "config_json_differs": edited,
         "progress": {"step": last["step"], "tokens": last["tokens"], "wall_s": wall_seconds(records),
                      "metrics_lines": len(records), "unreadable_lines": unreadable,
+                     "damaged_lines": damaged_lines, "last_line_cut": last_line_cut,
                      "last_write_s_ago": time.time() - metrics_file.stat().st_mtime
                      if metrics_file.is_file() else None},
         "tokens_per_s": sum(recent) / len(recent) if recent else None,
@@ -156,8 +171,12 @@ def format_report(r: dict) -> str:
         f"{p['tokens'] / 1e6:.1f}M tokens, {_duration(p['wall_s'])} of training"
         + (f"; metrics.jsonl last written {_duration(p['last_write_s_ago'])} ago"
            if p["last_write_s_ago"] is not None else "; no metrics.jsonl yet")
-        + (f"; {p['unreadable_lines']} half-written line skipped" if p["unreadable_lines"] else ""),
+        + ("; the last line of metrics.jsonl is cut (a write a stop interrupted)" if p["last_line_cut"] else "")
+        + (f"; DAMAGED lines of metrics.jsonl: {p['damaged_lines'][:10]}" if p["damaged_lines"] else ""),
     ]
+    if r["config_json_differs"]:
+        lines.append(f"config    from the {r['config_source']}; config.json says otherwise for "
+                     f"{', '.join(r['config_json_differs'])} (a resume follows the checkpoint)")
     if r["tokens_per_s"] is not None:
         lines.append(f"speed     {r['tokens_per_s']:,.0f} tokens/s (mean of the last {RECENT_RECORDS} logged "
                      "intervals)")
@@ -211,4 +230,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

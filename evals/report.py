@@ -24,6 +24,8 @@ from grokcopy.evals.curves import plot_overlay, pyplot
 from grokcopy.evals.onsets import COPY_SURGE_LEVEL, INDUCTION_THRESHOLD, copy_token_gain, eval_records, run_onsets
 from grokcopy.model.run_dir import RunDir
 
+from grokcopy.cli import run_cli
+
 # the layer x step panels of <run>-layers.png, drawn when the records have the key
 LAYER_SCORES = (("induction_max", "induction (repeated random tokens)"),
                 ("previous_token_max", "previous token (val text)"),
@@ -237,4 +239,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

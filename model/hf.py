@@ -21,7 +21,9 @@ import argparse
 import importlib
 import json
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -30,6 +32,8 @@ from grokcopy.data.prepare import EOT_TOKEN
 from grokcopy.model.config import LlamaConfig
 from grokcopy.model.llama import Llama
 from grokcopy.model.run_dir import load_checkpoint, resolve_checkpoint
+
+from grokcopy.cli import UsageError, run_cli
 
 if TYPE_CHECKING:
     import tokenizers
@@ -252,12 +256,40 @@ def run_tokenizer(run_config: dict) -> tuple[tokenizers.Tokenizer, str] | None:
     return tok, tok.id_to_token(meta["eot_id"])
 
 
-def export_hf(source: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "fp32") -> Path:
-    """Write a run's latest checkpoint (or a given checkpoint file) as an HF LlamaForCausalLM
-    directory, with the run's tokenizer when it can be found. Returns out_dir."""
+def export_hf(source: str | os.PathLike, out_dir: str | os.PathLike, dtype: str = "fp32",
+              overwrite: bool = False) -> Path:
+    """Write a run's newest good checkpoint (or a given checkpoint file, checksum-verified) as an HF
+    LlamaForCausalLM directory, with the run's tokenizer when it can be found. Returns out_dir.
+
+    An existing non-empty out_dir is refused unless `overwrite`; then it is replaced whole, never
+    merged (a stale tokenizer.json beside a new model would load the wrong vocabulary): the export is
+    written beside it and swapped in, and only then is the old one removed."""
     transformers = _require("transformers")
     if dtype not in DTYPES:
-        raise ValueError(f"dtype {dtype!r}: choose from {sorted(DTYPES)}")
+        raise UsageError(f"--dtype {dtype!r}: choose from {sorted(DTYPES)}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir} is a file; choose a directory to export to")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
+        raise UsageError(f"{out_dir} is not empty; choose a new directory, or pass --overwrite to replace it whole")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        _write_export(source, staging, dtype, transformers)
+        if out_dir.exists():
+            old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
+            os.rename(out_dir, old)
+            os.rename(staging, out_dir)
+            shutil.rmtree(old)
+        else:
+            os.rename(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
+    return out_dir
+
+
+def _write_export(source: str | os.PathLike, out_dir: Path, dtype: str, transformers) -> None:
     run, _ = resolve_checkpoint(source)
     model, cfg = load_checkpoint(source, warn=lambda message: print(message, file=sys.stderr))
     run_config_file = run.config_path
@@ -266,7 +298,6 @@ def export_hf(source: str | os.PathLike, out_dir: str | os.PathLike, dtype: str 
 
     hf_model = transformers.LlamaForCausalLM(to_hf_config(cfg, eos_token_id=eos))
     hf_model.load_state_dict(to_hf_state_dict(model.state_dict(), cfg))
-    out_dir = Path(out_dir)
     hf_model.to(DTYPES[dtype]).save_pretrained(out_dir)
 
     # transformers 5 writes only rope_parameters; 4.x reads rope_theta (and ignores the other)
@@ -285,7 +316,6 @@ def export_hf(source: str | os.PathLike, out_dir: str | os.PathLike, dtype: str 
         tokenizer_config = {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": eot,
                             "model_max_length": cfg.context, "clean_up_tokenization_spaces": False}
         (out_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer_config, indent=2) + "\n")
-    return out_dir
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -295,15 +325,12 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("source", help="a run directory (its latest checkpoint) or a checkpoint file")
     export.add_argument("out_dir", help="the directory to write")
     export.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weight dtype (default fp32)")
+    export.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir whole")
     args = parser.parse_args(argv)
-    try:
-        out = export_hf(args.source, args.out_dir, args.dtype)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    out = export_hf(args.source, args.out_dir, args.dtype, args.overwrite)
     print(f"wrote {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -164,28 +164,44 @@ class RunDir:
 
     # --- metrics.jsonl --------------------------------------------------------------------------------
 
-    def read_metrics(self) -> tuple[list[dict], int]:
-        """(records, unreadable lines). A line that is not a JSON object is counted, not fatal: the last
-        one may be the record a running (or killed) trainer was writing."""
+    def _metrics_lines(self) -> list[tuple[str, dict | None]]:
+        """(raw line, its record or None when the line is not a metrics record), in file order."""
         if not self.metrics_path.is_file():
-            return [], 0
-        records, unreadable = [], 0
+            return []
+        lines = []
         for line in self.metrics_path.read_text(errors="replace").splitlines():
             try:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 record = None
-            if isinstance(record, dict) and isinstance(record.get("step"), int):
-                records.append(record)
-            else:
-                unreadable += 1
-        return records, unreadable
+            ok = isinstance(record, dict) and isinstance(record.get("step"), int)
+            lines.append((line, record if ok else None))
+        return lines
+
+    def read_metrics(self) -> tuple[list[dict], int]:
+        """(records, unreadable lines). A line that is not a JSON object is counted, not fatal: the last
+        one may be the record a running (or killed) trainer was writing."""
+        lines = self._metrics_lines()
+        return [r for _, r in lines if r is not None], sum(r is None for _, r in lines)
+
+    def metrics_damage(self) -> tuple[list[int], bool]:
+        """(1-based numbers of unreadable lines before the last one, whether the last line is cut):
+        a cut last line is a write a kill interrupted; an unreadable line elsewhere is damage."""
+        lines = self._metrics_lines()
+        damaged = [i + 1 for i, (_, r) in enumerate(lines[:-1]) if r is None]
+        return damaged, bool(lines) and lines[-1][1] is None
 
     def truncate_metrics(self, step: int) -> None:
-        """Keep the records up to `step` (where a resumed run continues), atomically: a kill during the
-        rewrite leaves the old file, never an empty one."""
-        kept = [r for r in self.read_metrics()[0] if r["step"] <= step]
-        text = "".join(json.dumps(r) + "\n" for r in kept)
+        """Drop the records logged after `step` (where a resumed run continues) and a cut last line,
+        atomically: a kill during the rewrite leaves the old file, never an empty one. A damaged line
+        among the kept ones stays as it is (it is the user's record; readers count it)."""
+        lines = self._metrics_lines()
+        if lines and lines[-1][1] is None:
+            lines = lines[:-1]
+        kept = [raw for raw, r in lines if r is None or r["step"] <= step]
+        while kept and kept[-1] in {raw for raw, r in lines if r is None}:  # nothing after it was kept
+            kept.pop()
+        text = "".join(raw + "\n" for raw in kept)
         write_atomically(self.metrics_path, lambda f: f.write(text.encode()))
 
     def append_metrics(self, record: dict) -> None:
@@ -282,6 +298,18 @@ class RunDir:
                 warn("warning: " + "; ".join(problems) + f". Using {c.path.name} instead.")
             return state, c
         raise CheckpointError("no loadable checkpoint: " + "; ".join(problems))
+
+    def checkpoint_configs(self, path: Path) -> tuple[dict, dict]:
+        """(train config, model config) stored in a checkpoint, read through a memory map: the tensors
+        stay on disk, so this is cheap for any model size. Raises CheckpointError."""
+        try:
+            with torch.serialization.safe_globals(NUMPY_RNG_GLOBALS):
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # noqa: BLE001 (damage shows as many exception types)
+            raise CheckpointError(f"{path}: cannot be read as a checkpoint ({type(e).__name__})") from None
+        if not isinstance(state, dict) or "model_config" not in state:
+            raise CheckpointError(f"{path}: not a grokcopy checkpoint (no model_config)")
+        return state.get("config", {}), state["model_config"]
 
     # --- final.json -----------------------------------------------------------------------------------
 

@@ -46,7 +46,7 @@ def test_run_cut_off_mid_write(finished_run, tmp_path, capsys):
     assert not report["finished"] and report["resumable"]
     assert main([str(run)]) == 0
     out = capsys.readouterr().out
-    assert "1 half-written line skipped" in out and "no final.json" in out
+    assert "the last line of metrics.jsonl is cut" in out and "no final.json" in out
 
 
 def test_milestones_and_onsets(finished_run, tmp_path, capsys):
