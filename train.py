@@ -37,6 +37,7 @@ from grokcopy.evals.copying import MIN_SEQ_LEN, copy_metrics, load_or_make_copy_
 from grokcopy.evals.curves import plot_curves, run_summary
 from grokcopy.evals.scores import batch_text_scores, text_scores, text_targets
 from grokcopy.evals.tensorboard import TensorBoardLog, tensorboard_available
+from grokcopy.evals.wandb_log import WandbLog, wandb_available
 from grokcopy.model import PRESETS, Llama, LlamaConfig
 from grokcopy.model.config import ConfigError, TrainConfig, check_type, field_types, scalar_type
 from grokcopy.model.hf import load_hf_weights, model_shape_from_hf, read_hf_config
@@ -58,7 +59,7 @@ MODEL_FIELDS = {f.name for f in fields(LlamaConfig)}
 # the recipe, which changes only with --change-recipe (and never the data order's world size).
 RUN_FIELDS = {"out", "max_steps", "log_every", "eval_every", "train_stats_every", "ckpt_every", "keep_ckpts",
               "device", "dtype", "compile", "fsdp", "quiet", "init_from_hf", "tensorboard", "change_recipe",
-              "preset", "global_batch"}
+              "preset", "global_batch", "wandb", "wandb_project"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -178,6 +179,8 @@ def validate(cfg: TrainConfig, model_cfg: LlamaConfig) -> None:
         raise ConfigError("--device cuda, but CUDA is not available on this machine")
     if cfg.tensorboard and not tensorboard_available():
         raise ConfigError("--tensorboard, but the tensorboard package is not installed (pip install -e '.[tb]')")
+    if cfg.wandb and not wandb_available():
+        raise ConfigError("--wandb, but the wandb package is not installed (pip install -e '.[wandb]')")
 
 
 def finish_config(cfg: TrainConfig, model_cfg: LlamaConfig, world: int, data_vocab: int) -> None:
@@ -579,7 +582,7 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
         restore(model, optimizer, sampler, resume.state, rank)
         log(f"resuming {run.path} from step {step}")
     del resume
-    metrics = MetricsLog(run, sinks(cfg, run, step)) if master else None
+    metrics = MetricsLog(run, sinks(cfg, model_cfg, run, step)) if master else None
     evals = EvalSet(run, corpus, cfg.seq_len, master, log)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype in ("auto", "bf16"))
     save = lambda: save_checkpoint(run, model, optimizer, sampler, cfg, model_cfg, step, tokens, world, master)  # noqa: E731
@@ -618,11 +621,15 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
     return code
 
 
-def sinks(cfg: TrainConfig, run: RunDir, step: int) -> list:
-    """Where each metrics record goes besides metrics.jsonl: TensorBoard when installed (or asked for)."""
-    if not (cfg.tensorboard if cfg.tensorboard is not None else tensorboard_available()):
-        return []
-    return [TensorBoardLog(run.tensorboard_dir, purge_step=step + 1 if step else None)]
+def sinks(cfg: TrainConfig, model_cfg: LlamaConfig, run: RunDir, step: int) -> list:
+    """Where each metrics record goes besides metrics.jsonl: TensorBoard when installed (or asked for),
+    Weights & Biases when asked for."""
+    out = []
+    if cfg.tensorboard if cfg.tensorboard is not None else tensorboard_available():
+        out.append(TensorBoardLog(run.tensorboard_dir, purge_step=step + 1 if step else None))
+    if cfg.wandb:
+        out.append(WandbLog(run, cfg.wandb_project, {**asdict(cfg), "model": model_cfg.to_dict()}))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ HF export and sampling read it, all through `RunDir`.
     <run>/checkpoints/step-N.pt     model, optimizer, step, every rank's sampler and RNG state, config
     <run>/checkpoints/SHA256SUMS    a checksum line per checkpoint (`sha256sum -c` reads it)
     <run>/final.json                written once training has finished
-    <run>/curves.png, <run>/tb/
+    <run>/curves.png, <run>/tb/, <run>/wandb/ and <run>/wandb-id (with --wandb)
 
 Every file is written atomically (temp file, fsync, rename; data/atomic.py), so a kill at any moment
 leaves the old version or the new one. A checkpoint counts only once its checksum is listed:
@@ -91,6 +91,7 @@ class RunDir:
         self.copy_cases_path = self.path / "copy_cases.npz"
         self.curves_path = self.path / "curves.png"
         self.tensorboard_dir = self.path / "tb"
+        self.wandb_id_path = self.path / "wandb-id"  # the W&B run a resume continues
         self.checkpoints_dir = self.path / "checkpoints"
         self._lock: IO | None = None
 
