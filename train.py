@@ -35,6 +35,7 @@ from grokcopy.data import TokenDataset, WindowSampler
 from grokcopy.data.prepare import ensure_default_corpus
 from grokcopy.evals.copying import MIN_SEQ_LEN, copy_metrics, load_or_make_copy_cases, make_repeat_batch, repeat_metrics
 from grokcopy.evals.curves import plot_curves, run_summary
+from grokcopy.evals.noise_scale import NoiseScaleMeter
 from grokcopy.evals.scores import batch_text_scores, text_scores, text_targets
 from grokcopy.evals.tensorboard import TensorBoardLog, tensorboard_available
 from grokcopy.evals.wandb_log import WandbLog, wandb_available
@@ -457,9 +458,24 @@ def evaluate(model: Llama, evals: EvalSet, autocast, device: torch.device) -> di
 @dataclass
 class StepResult:
     loss: float
-    grad_norm: float
+    grad_norm: float  # of the accumulated gradient, before clipping
     stop: bool  # a rank received SIGTERM/SIGINT: every rank checkpoints and leaves after this step
     train_stats: dict | None
+    first_micro_grad_sq: float  # |g|^2 of the first micro-batch's gradient alone (nan with grad_accum 1)
+
+
+def noise_scale_meter(cfg: TrainConfig, world: int) -> NoiseScaleMeter | None:
+    """The gradient-noise-scale meter (evals/noise_scale.py), when grad_accum gives two batch sizes."""
+    if cfg.grad_accum < 2:
+        return None
+    small = cfg.batch_size * (world if cfg.fsdp else 1)  # FSDP reduces every micro-step; DDP only the last
+    return NoiseScaleMeter(small, cfg.batch_size * cfg.grad_accum * world)
+
+
+def grad_sq(model) -> float:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm) ** 2  # FSDP2: a DTensor
 
 
 def train_step(train_model, model, optimizer, sampler: WindowSampler, cfg: TrainConfig, step: int, autocast,
@@ -483,14 +499,19 @@ def train_step(train_model, model, optimizer, sampler: WindowSampler, cfg: Train
             loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
             (loss / cfg.grad_accum).backward()
         loss_sum += loss.detach()
+        if micro == 0 and cfg.grad_accum > 1:  # the noise scale's small batch: this micro-batch alone
+            first_sq = grad_sq(model) * cfg.grad_accum**2
     grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
-    # one all-reduce carries the loss and the stop flag, so every rank decides alike
+    # one all-reduce carries the loss, the stop flag and the first micro-batch's |g|^2 (a mean over
+    # ranks: under DDP each rank's first micro-batch is its own), so every rank decides alike
     stop_flag = torch.tensor(float(stop.received is not None), device=device)
-    flags = torch.stack([loss_sum / cfg.grad_accum, stop_flag])
+    first = torch.tensor(first_sq if cfg.grad_accum > 1 else float("nan"), device=device)
+    flags = torch.stack([loss_sum / cfg.grad_accum, stop_flag, first])
     if world > 1:
         dist.all_reduce(flags)
         flags[0] /= world
-    result = StepResult(float(flags[0]), grad_norm, bool(flags[1] > 0), train_stats)
+        flags[2] /= world
+    result = StepResult(float(flags[0]), grad_norm, bool(flags[1] > 0), train_stats, float(flags[2]))
     if math.isfinite(result.loss) and math.isfinite(grad_norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
@@ -587,6 +608,7 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype in ("auto", "bf16"))
     save = lambda: save_checkpoint(run, model, optimizer, sampler, cfg, model_cfg, step, tokens, world, master)  # noqa: E731
     stop, progress, clock = StopSignal(), Progress(cfg, step, master), Throughput()
+    noise = noise_scale_meter(cfg, world)
 
     model.train()
     while step < cfg.max_steps:
@@ -595,13 +617,15 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
             what = f"loss is {res.loss}" if not math.isfinite(res.loss) else f"gradient norm is {res.grad_norm}"
             return diverged(run, what, step + 1, log)
         step, tokens = step + 1, tokens + per_step
+        if noise is not None:
+            noise.add(res.first_micro_grad_sq, res.grad_norm**2)
         record = clock.record(step, cfg, tokens, per_step, res) if step % cfg.log_every == 0 or \
             step == cfg.max_steps else None
         if res.train_stats is not None or (cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps)):
             record = record or {"step": step, "tokens": tokens, "loss": res.loss}
             record.update(res.train_stats or {})
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
-            record.update(evaluate(model, evals, autocast, device))
+            record.update({**evaluate(model, evals, autocast, device), **(noise.read() if noise else {})})
             clock.skip_eval_time()
         if metrics is not None and record is not None:
             metrics.write(record)

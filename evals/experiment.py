@@ -73,7 +73,7 @@ def experiments_for(axes: dict) -> dict[str, list[tuple[str, dict]]]:
 EXPERIMENTS: dict[str, dict[str, list[tuple[str, dict]]]] = {p: experiments_for(a) for p, a in AXES.items()}
 
 
-SHORT = {"lr": "lr", "batch_size": "bs", "weight_decay": "wd", "dropout": "do", "n_layers": "L"}
+SHORT = {"lr": "lr", "batch_size": "bs", "weight_decay": "wd", "dropout": "do", "n_layers": "L", "seed": "seed"}
 
 
 def run_name(overrides: dict) -> str:
@@ -154,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--extra", default="", help="train.py flags for every run, one quoted string")
     parser.add_argument("--nproc-per-node", type=int, default=0, help="> 0: launch with torchrun")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument("--seeds", type=int, default=1, help="runs of each configuration, seeds 0..N-1 (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
+    if args.seeds < 1:
+        parser.error(f"--seeds must be >= 1, got {args.seeds}")
     grid = EXPERIMENTS[args.preset]
     names = list(grid) if "all" in args.names else args.names
     for name in names:
@@ -167,7 +170,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out).resolve()  # absolute: train.py runs from the repo root
     commands: dict[str, tuple[Path, list[str]]] = {}  # run name -> command, each run once
     for name in names:
-        for label, overrides in grid[name]:
+        for (label, base), seed in ((entry, seed) for entry in grid[name] for seed in range(args.seeds)):
+            # seed 0 is the run as it always was; another seed is another run, named so
+            overrides = base if seed == 0 else {**base, "seed": seed}
+            label = label if seed == 0 else f"{label}-seed{seed}"
             # a shortened run is another run: a smoke test must not pass for the full one later
             run_dir = out / "runs" / (run_name(overrides) + (f"-steps{args.max_steps}" if args.max_steps else ""))
             if not args.dry_run:

@@ -164,6 +164,37 @@ def _fmt(value) -> str:
     return "-" if value is None else str(value)
 
 
+CONFIG_KEYS = ("lr", "batch", "weight_decay", "dropout", "n_layers")
+
+
+def spread(values: list) -> str:
+    """'mean [min-max] (k of n)' of the reached values; '-' when none is reached."""
+    reached = [v for v in values if v is not None]
+    if not reached:
+        return f"- (0 of {len(values)})"
+    mean = sum(reached) / len(reached)
+    return f"{mean:,.0f} [{min(reached):,}-{max(reached):,}] ({len(reached)} of {len(values)})"
+
+
+def seed_spread(rows: list[dict]) -> list[str]:
+    """The onsets of each configuration over its seeds: mean, range and how many seeds reached it."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(tuple(r[k] for k in CONFIG_KEYS), []).append(r)
+    if all(len(g) == 1 for g in groups.values()):
+        return []
+    lines = ["", "## Over seeds", "", "Onsets in steps: mean [min-max] (seeds that reached it).", "",
+             "| LR | batch | wd | dropout | layers | seeds | loss plateau | copy onset | copy surge | final copy acc |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, group in groups.items():
+        accs = [r["copy_acc"] for r in group]
+        lines.append(f"| {key[0]:g} | {key[1]} | {key[2]:g} | {key[3]:g} | {key[4]} | "
+                     f"{', '.join(str(r['seed']) for r in group)} | {spread([r['plateau'] for r in group])} | "
+                     f"{spread([r['copy_onset'] for r in group])} | {spread([r['copy_surge'] for r in group])} | "
+                     f"{sum(accs) / len(accs):.2f} [{min(accs):.2f}-{max(accs):.2f}] |")
+    return lines
+
+
 def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_THRESHOLD,
                  onset: str = "copy_onset") -> Path:
     """All figures and OUT/report.md for `run_dirs`; returns the markdown's path. `onset` (copy_onset
@@ -186,7 +217,10 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
                      * config.get("world_size", 1), "weight_decay": config["weight_decay"],
                      "dropout": config["model"]["dropout"], "step": last["step"], "val_loss": last["val_loss"],
                      "copy_acc": last["copy_acc"], "copy_gain": last["copy_gain"],
-                     "copy_token_gain": copy_token_gain(last), **onsets})
+                     "copy_token_gain": copy_token_gain(last), "seed": config.get("seed", 0),
+                     "n_layers": config["model"].get("n_layers"),
+                     "noise_scale": next((r["noise_scale"] for r in reversed(evals) if "noise_scale" in r), None),
+                     **onsets})
     if not rows:
         raise ValueError("none of the run directories has eval records")
     plot_overlay(runs, out / "overlay-steps.png", x="step")
@@ -216,6 +250,7 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
                      f"| {r['step']} | {r['val_loss']:.3f} | {r['copy_acc']:.2f} | {r['copy_gain']:+.2f} "
                      f"| {r['copy_token_gain']:+.2f} | {_fmt(r['plateau'])} | {_fmt(r['copy_onset'])} "
                      f"| {_fmt(r['copy_surge'])} | {layers} |")
+    lines += seed_spread(rows)
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     for r in rows:

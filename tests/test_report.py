@@ -7,10 +7,10 @@ from grokcopy.evals import report
 from tests.test_onsets import synthetic_records
 
 
-def fake_run(path, lr, batch, shift):
+def fake_run(path, lr, batch, shift, seed=0):
     """A run directory whose copy gain and layer-1 induction rise `shift` steps after the template's."""
     path.mkdir(parents=True)
-    config = {"preset": "tiny", "lr": lr, "batch_size": batch, "grad_accum": 1, "world_size": 1, "weight_decay": 0.1,
+    config = {"preset": "tiny", "seed": seed, "lr": lr, "batch_size": batch, "grad_accum": 1, "world_size": 1, "weight_decay": 0.1,
               "model": {"dropout": 0.0, "n_layers": 2}}
     (path / "config.json").write_text(json.dumps(config))
     records = synthetic_records()
@@ -58,3 +58,12 @@ def test_layer_heatmaps_draw_the_scores_a_run_logged(tmp_path):
              for s in range(10, 6000, 40)]
     report.plot_layer_heatmaps(records + train, [None, 3000], tmp_path / "five.png", "five panels")
     assert imread(tmp_path / "five.png").shape[0] > imread(tmp_path / "three.png").shape[0] * 1.4
+
+
+def test_report_gives_the_spread_over_seeds(tmp_path):
+    runs = [fake_run(tmp_path / f"seed{seed}", 3e-3, 4, shift, seed) for seed, shift in ((0, 0), (1, 1000), (2, 500))]
+    out = tmp_path / "report"
+    assert report.main([*map(str, runs), "--out", str(out)]) == 0
+    text = (out / "report.md").read_text()
+    # copy onsets 3000, 4000 and 3500 (the template's 3000 + shift): mean 3,500 over the range, all 3 seeds
+    assert "| 0.003 | 4 | 0.1 | 0 | 2 | 0, 1, 2 | 1,200 [1,200-1,200] (3 of 3) | 3,500 [3,000-4,000] (3 of 3) |" in text

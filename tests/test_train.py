@@ -2,6 +2,7 @@
 SIGTERM checkpoints, and bad configurations fail before training with a message naming the field."""
 
 import json
+import math
 import os
 import re
 import signal
@@ -153,6 +154,10 @@ def test_two_process_run_keeps_ranks_identical(corpus, tmp_path, sharding):
     stats_steps = [r["step"] for r in records if "train_previous_token_max" in r]
     assert stats_steps == [4, 8, 12] and all(len(r["train_prefix_matching_max"]) == n_layers
                                              for r in records if r["step"] in stats_steps)
+    # grad_accum 2: every eval logs the gradient noise scale over the steps since the last one
+    evals = [r for r in records if "copy_acc" in r]
+    assert [r["noise_scale_steps"] for r in evals] == [6, 6]
+    assert all(math.isfinite(r["noise_scale"]) and r["grad_trace_cov"] > 0 for r in evals)
     ckpt = final_state(out)
     assert len(ckpt["sampler"]) == 2 and ckpt["sampler"][0]["rank"] == 0 and ckpt["sampler"][1]["rank"] == 1
 
