@@ -147,6 +147,19 @@ _TUNE_KEY = ["HEAD_DIM", "CAUSAL", "LEN_BUCKET"]
 
 
 @triton.jit
+def _head_base(X, b, h, stride_b, stride_h):
+    """Pointer to sequence b, head h of a [B, H, T, D] tensor; int64 so that b * stride_b cannot
+    overflow 2**31 elements on long sequences."""
+    return X + b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
+
+
+@triton.jit
+def _tile(base, rows, offs_d, stride_t, stride_d):
+    """Pointers [len(rows), len(offs_d)] of a row tile under one head's `base` (see _head_base)."""
+    return base + rows[:, None] * stride_t + offs_d[None, :] * stride_d
+
+
+@triton.jit
 def _load_rows(ptrs, rows, n_rows, offs_d, CHECK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
                BLOCK_D: tl.constexpr):
     """Load a [R, BLOCK_D] tile whose rows are `rows`; padding (rows >= n_rows, d >= HEAD_DIM) reads 0.
@@ -300,13 +313,13 @@ def flash_attention_fwd_kernel(
 
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    q_base = _head_base(Q, b, h, stride_qb, stride_qh)
     # [1, BLOCK_D] pointers to the head dims of key/value row 0; the tile loops add row offsets.
-    k_base = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh + offs_d[None, :] * stride_kd
-    v_base = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh + offs_d[None, :] * stride_vd
+    k_base = _head_base(K, b, kvh, stride_kb, stride_kh) + offs_d[None, :] * stride_kd
+    v_base = _head_base(V, b, kvh, stride_vb, stride_vh) + offs_d[None, :] * stride_vd
 
     # The q tile is loaded once and stays in registers for the whole key loop.
-    q = _load_rows(q_base + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd, offs_m, T,
+    q = _load_rows(_tile(q_base, offs_m, offs_d, stride_qt, stride_qd), offs_m, T,
                    offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
     qk_scale = softmax_scale * LOG2E  # fold log2(e) in: exp(s) = 2^(s * log2(e))
 
@@ -346,8 +359,7 @@ def flash_attention_fwd_kernel(
     # Epilogue: normalise. l_i == 0 only for rows that saw no key (causal with T > S): output 0.
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
-    _store_rows(Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-                + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
+    _store_rows(_tile(_head_base(Out, b, h, stride_ob, stride_oh), offs_m, offs_d, stride_ot, stride_od),
                 cast_rne(out, Out.dtype.element_ty), offs_m, T, offs_d, HEAD_DIM, BLOCK_D)
     row_mask = offs_m < T
     stat_offs = pid_bh.to(tl.int64) * T + offs_m
@@ -387,11 +399,9 @@ def flash_attention_bwd_preprocess_kernel(
     h = pid_bh % n_heads
     offs_m = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    o = _load_rows(Out + b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
-                   + offs_m[:, None] * stride_ot + offs_d[None, :] * stride_od,
+    o = _load_rows(_tile(_head_base(Out, b, h, stride_ob, stride_oh), offs_m, offs_d, stride_ot, stride_od),
                    offs_m, T, offs_d, True, HEAD_DIM, BLOCK_D).to(tl.float32)
-    do = _load_rows(DOut + b.to(tl.int64) * stride_db + h.to(tl.int64) * stride_dh
-                    + offs_m[:, None] * stride_dt + offs_d[None, :] * stride_dd,
+    do = _load_rows(_tile(_head_base(DOut, b, h, stride_db, stride_dh), offs_m, offs_d, stride_dt, stride_dd),
                     offs_m, T, offs_d, True, HEAD_DIM, BLOCK_D).to(tl.float32)
     tl.store(Delta + pid_bh.to(tl.int64) * T + offs_m, tl.sum(o * do, 1), mask=offs_m < T)
 
@@ -416,9 +426,9 @@ def _bwd_dkdv_tile_loop(dk, dv, k, v, q_base, do_base, Lse, Delta, stat_base, st
     for start_m in range(lo, hi, BLOCK_M):
         start_m = tl.multiple_of(start_m, BLOCK_M)
         rows = start_m + offs_m0
-        q = _load_rows(q_base + rows[:, None] * stride_qt + offs_d[None, :] * stride_qd, rows, T,
+        q = _load_rows(_tile(q_base, rows, offs_d, stride_qt, stride_qd), rows, T,
                        offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
-        do = _load_rows(do_base + rows[:, None] * stride_dot + offs_d[None, :] * stride_dod, rows, T,
+        do = _load_rows(_tile(do_base, rows, offs_d, stride_dot, stride_dod), rows, T,
                         offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
         lse2, delta = _load_row_stats(Lse, Delta, stat_base, rows, T)
         # Recompute P^T from the saved lse: exact softmax probabilities, no running max needed.
@@ -463,11 +473,9 @@ def flash_attention_bwd_dkdv_kernel(
     start_n = tl.program_id(1) * BLOCK_N
     offs_n = start_n + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
-    k = _load_rows(K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh
-                   + offs_n[:, None] * stride_ks + offs_d[None, :] * stride_kd,
+    k = _load_rows(_tile(_head_base(K, b, kvh, stride_kb, stride_kh), offs_n, offs_d, stride_ks, stride_kd),
                    offs_n, S, offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
-    v = _load_rows(V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh
-                   + offs_n[:, None] * stride_vs + offs_d[None, :] * stride_vd,
+    v = _load_rows(_tile(_head_base(V, b, kvh, stride_vb, stride_vh), offs_n, offs_d, stride_vs, stride_vd),
                    offs_n, S, offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -488,8 +496,8 @@ def flash_attention_bwd_dkdv_kernel(
     # depends only on its own key. Padding query rows read dO = 0, delta = 0 and lse = +inf: p = 0.
     for g in range(group_size):
         h = kvh * group_size + g
-        q_base = Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-        do_base = DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+        q_base = _head_base(Q, b, h, stride_qb, stride_qh)
+        do_base = _head_base(DOut, b, h, stride_dob, stride_doh)
         stat_base = (b * n_kv_heads * group_size + h).to(tl.int64) * T
         dk, dv = _bwd_dkdv_tile_loop(
             dk, dv, k, v, q_base, do_base, Lse, Delta, stat_base, stride_qt, stride_qd, stride_dot,
@@ -502,11 +510,9 @@ def flash_attention_bwd_dkdv_kernel(
 
     # s = softmax_scale * q.k, so dL/dk = softmax_scale * sum_i dS_ij q_i.
     dk = dk * softmax_scale
-    _store_rows(DK + b.to(tl.int64) * stride_dkb + kvh.to(tl.int64) * stride_dkh
-                + offs_n[:, None] * stride_dks + offs_d[None, :] * stride_dkd,
+    _store_rows(_tile(_head_base(DK, b, kvh, stride_dkb, stride_dkh), offs_n, offs_d, stride_dks, stride_dkd),
                 cast_rne(dk, DK.dtype.element_ty), offs_n, S, offs_d, HEAD_DIM, BLOCK_D)
-    _store_rows(DV + b.to(tl.int64) * stride_dvb + kvh.to(tl.int64) * stride_dvh
-                + offs_n[:, None] * stride_dvs + offs_d[None, :] * stride_dvd,
+    _store_rows(_tile(_head_base(DV, b, kvh, stride_dvb, stride_dvh), offs_n, offs_d, stride_dvs, stride_dvd),
                 cast_rne(dv, DV.dtype.element_ty), offs_n, S, offs_d, HEAD_DIM, BLOCK_D)
 
 
@@ -569,15 +575,13 @@ def flash_attention_bwd_dq_kernel(
     start_m = pid_m * BLOCK_M
     offs_m = start_m + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
-    q = _load_rows(Q + b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
-                   + offs_m[:, None] * stride_qt + offs_d[None, :] * stride_qd,
+    q = _load_rows(_tile(_head_base(Q, b, h, stride_qb, stride_qh), offs_m, offs_d, stride_qt, stride_qd),
                    offs_m, T, offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
-    do = _load_rows(DOut + b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
-                    + offs_m[:, None] * stride_dot + offs_d[None, :] * stride_dod,
+    do = _load_rows(_tile(_head_base(DOut, b, h, stride_dob, stride_doh), offs_m, offs_d, stride_dot, stride_dod),
                     offs_m, T, offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
     lse2, delta = _load_row_stats(Lse, Delta, pid_bh.to(tl.int64) * T, offs_m, T)
-    k_base = K + b.to(tl.int64) * stride_kb + kvh.to(tl.int64) * stride_kh + offs_d[None, :] * stride_kd
-    v_base = V + b.to(tl.int64) * stride_vb + kvh.to(tl.int64) * stride_vh + offs_d[None, :] * stride_vd
+    k_base = _head_base(K, b, kvh, stride_kb, stride_kh) + offs_d[None, :] * stride_kd
+    v_base = _head_base(V, b, kvh, stride_vb, stride_vh) + offs_d[None, :] * stride_vd
     qk_scale = softmax_scale * LOG2E
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 
@@ -589,8 +593,7 @@ def flash_attention_bwd_dq_kernel(
                            full_hi, hi, T, S, qk_scale,
                            True, CAUSAL, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_DTYPE, DOT_PRECISION)
     dq = dq * softmax_scale
-    _store_rows(DQ + b.to(tl.int64) * stride_dqb + h.to(tl.int64) * stride_dqh
-                + offs_m[:, None] * stride_dqt + offs_d[None, :] * stride_dqd,
+    _store_rows(_tile(_head_base(DQ, b, h, stride_dqb, stride_dqh), offs_m, offs_d, stride_dqt, stride_dqd),
                 cast_rne(dq, DQ.dtype.element_ty), offs_m, T, offs_d, HEAD_DIM, BLOCK_D)
 
 
