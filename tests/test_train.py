@@ -200,6 +200,8 @@ def run_main(argv, capsys):
         (["--schedule", "wavy"], "--schedule 'wavy'"),
         (["--global-batch", "6"], "--global-batch 6 is not divisible by batch_size x ranks = 4 x 1"),
         (["--vocab-size", "100"], "vocab_size 257, larger than the model's vocab_size 100"),
+        (["--eps", "-1"], "--eps -1.0 must be > 0"),
+        (["--seed", "-1"], "--seed -1 must be >= 0"),
     ],
 )
 def test_bad_config_fails_before_training(corpus, tmp_path, capsys, flags, message):
