@@ -417,7 +417,7 @@ def _prepare_locked(sources: Sources, out_dir: Path, *, tokenizer: Tokenizer | N
     if not sources.files:
         raise PrepareError("the inputs hold no files to read (empty directory, or only binary files)")
     # Documents are streamed, never held: one pass counts them (the split needs the count), a BPE
-    # trains on a pass of its own, then one pass per split tokenises and writes.
+    # trains on a pass of its own, then one pass tokenises them and writes both splits.
     n_docs = count_documents(sources.files, text_field)
     if n_docs == 0:
         raise PrepareError(f"the inputs ({len(sources.files)} files) hold no text: every document is empty")

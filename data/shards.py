@@ -44,6 +44,8 @@ DEFAULT_LEVEL = 9
 # size is a uint32 field, so frames stay far below 4 GiB; zstd's levels run from 1 to 22.
 MAX_FRAME_TOKENS = 1 << 24
 MIN_LEVEL, MAX_LEVEL = 1, zstandard.MAX_COMPRESSION_LEVEL
+# Frames the writer compresses at once, on all cores: a few MB of tokens held, not a shard.
+COMPRESS_BATCH_FRAMES = 32
 
 
 class ShardFormatError(DataError):
@@ -91,9 +93,9 @@ def _pack_header(itemsize: int, vocab_size: int, frame_tokens: int, n_tokens: in
 class ShardWriter:
     """Writes one token stream into shard files `out_dir/{prefix}-00000.tok`, ... a frame at a time.
 
-    Memory stays at about one frame of tokens plus the frame index, whatever the shard size: each
-    frame is compressed as soon as it is complete and appended to the shard's temp file, and the
-    header (which needs the totals) is written last. Each shard file appears atomically (see
+    Memory stays at COMPRESS_BATCH_FRAMES frames of tokens plus the frame index, whatever the shard
+    size: complete frames are compressed (in parallel) and appended to the shard's temp file, and
+    the header (which needs the totals) is written last. Each shard file appears atomically (see
     data.atomic.atomic_file) when it is full or at close(); after an exception inside the `with`
     block, the unfinished shard's temp file is deleted (finished shards stay).
 
@@ -157,7 +159,7 @@ class ShardWriter:
         self._pending.append(tokens.astype(self.dtype, copy=False))
         self._n_pending += len(tokens)
         self.n_tokens += len(tokens)
-        if self._n_pending >= self.frame_tokens:
+        if self._n_pending >= COMPRESS_BATCH_FRAMES * self.frame_tokens:
             self._write_frames(final=False)
 
     def close(self) -> list[Path]:
@@ -171,29 +173,40 @@ class ShardWriter:
     def _write_frames(self, final: bool) -> None:
         """Compress and append every complete frame pending (and, if final, the incomplete rest)."""
         joined = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
-        start = 0
+        frames, start, filled = [], 0, self._shard_filled
         while start < len(joined):
-            size = min(self.frame_tokens, self.shard_tokens - self._shard_filled)
+            size = min(self.frame_tokens, self.shard_tokens - filled)  # frames restart at each shard
             if len(joined) - start < size and not final:
                 break
-            frame = joined[start : start + size]
-            self._append_frame(frame)
-            start += len(frame)
+            frames.append(joined[start : start + size])
+            start += len(frames[-1])
+            filled = (filled + len(frames[-1])) % self.shard_tokens
+        for frame, payload in zip(frames, self._compress(frames), strict=True):
+            self._append_frame(len(frame), payload)
         rest = joined[start:]
         self._pending, self._n_pending = ([rest], len(rest)) if len(rest) else ([], 0)
 
-    def _append_frame(self, frame: np.ndarray) -> None:
+    def _compress(self, frames: list[np.ndarray]) -> list[bytes]:
+        """zstd frames of each token array; several at once on all cores (the same bytes as one by one)."""
+        if len(frames) >= 2:
+            try:
+                compressed = self._compressor.multi_compress_to_buffer([f.tobytes() for f in frames], threads=-1)
+                return [compressed[i].tobytes() for i in range(len(frames))]
+            except NotImplementedError:  # zstandard's CFFI backend (PyPy) has no multi-threaded batch
+                pass
+        return [self._compressor.compress(f.tobytes()) for f in frames]
+
+    def _append_frame(self, n_tokens: int, payload: bytes) -> None:
         if self._shard is None:
             path = self.out_dir / f"{self.prefix}-{len(self.paths):05d}{SHARD_SUFFIX}"
             self._shard = atomic_file(path)
             self._file = self._shard.__enter__()
             self._file.write(bytes(HEADER_SIZE))  # the header is written last, when the totals are known
             self._shard_path, self._offset, self._index, self._shard_filled = path, HEADER_SIZE, [], 0
-        payload = self._compressor.compress(frame.tobytes())
         self._file.write(payload)
         self._index.append((self._offset, len(payload), zlib.crc32(payload)))
         self._offset += len(payload)
-        self._shard_filled += len(frame)
+        self._shard_filled += n_tokens
         if self._shard_filled == self.shard_tokens:
             self._finish_shard()
 
