@@ -145,8 +145,8 @@ def test_every_bit_flip_and_truncation_of_meta_json(corpus):
         outcomes[corpus_outcome(corpus, good)] += 1
     report("meta.json bit flips and truncations", outcomes)
     assert set(outcomes) <= {"CorpusError naming the file", "same content (harmless)"}, outcomes
-    # harmless: JSON that reads back the same, e.g. a flipped case in a \\u escape's hex digit
-    assert outcomes["same content (harmless)"] < 0.01 * sum(outcomes.values())
+    # harmless: JSON that reads back the same: the file cut just before its final newline
+    assert outcomes["same content (harmless)"] <= 1
 
 
 def test_bit_flips_and_truncations_of_tokenizer_json(corpus):
