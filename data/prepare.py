@@ -196,10 +196,10 @@ def _cuts_are_exact(hf) -> bool:
     """Whether `hf` encodes the probe text cut at every place data/sources.py may cut it into
     exactly the tokens of the whole (true of the GPT-2 pre-tokeniser; not of a normalizer that
     prepends a marker to every input)."""
-    from data.sources import _CUT_BEFORE
+    from data.sources import CUT_BEFORE
 
     whole = hf.encode(_CUT_PROBE, add_special_tokens=False).ids
-    for match in _CUT_BEFORE.finditer(_CUT_PROBE):
+    for match in CUT_BEFORE.finditer(_CUT_PROBE):
         cut = match.start()
         parts = hf.encode_batch([_CUT_PROBE[:cut], _CUT_PROBE[cut:]], add_special_tokens=False)
         if parts[0].ids + parts[1].ids != whole:

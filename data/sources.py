@@ -46,7 +46,7 @@ JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".json.zst")
 # Where a piece may end: before a space, tab, CR or LF that follows a non-space character. Python's
 # `\S` excludes a superset of Unicode White_Space, so the character before the cut is not
 # whitespace for the tokenizer's regex either.
-_CUT_BEFORE = re.compile(r"(?<=\S)[ \t\r\n]")
+CUT_BEFORE = re.compile(r"(?<=\S)[ \t\r\n]")
 _CUT_SEARCH_CHARS = 4096
 
 
@@ -386,7 +386,7 @@ def _cut_point(text: str, start: int, piece_chars: int) -> int:
     while hi > start + 1:
         lo = max(start + 1, hi - _CUT_SEARCH_CHARS)
         last = None
-        for match in _CUT_BEFORE.finditer(text, lo, hi + 1):
+        for match in CUT_BEFORE.finditer(text, lo, hi + 1):
             last = match.start()
         if last is not None and last > start:
             return last
