@@ -60,7 +60,7 @@ from data.shards import (
     ShardWriter,
     TokenDataset,
 )
-from data.sources import PIECE_CHARS, ReadStats, Sources, collect_sources, count_documents, iter_pieces
+from data.sources import CUT_BEFORE, PIECE_CHARS, ReadStats, Sources, collect_sources, count_documents, iter_pieces
 
 __all__ = [
     "PrepareError", "Sources", "Tokenizer", "build_parser", "bytes_tokenizer", "collect_sources", "default_corpus",
@@ -196,8 +196,6 @@ def _cuts_are_exact(hf) -> bool:
     """Whether `hf` encodes the probe text cut at every place data/sources.py may cut it into
     exactly the tokens of the whole (true of the GPT-2 pre-tokeniser; not of a normalizer that
     prepends a marker to every input)."""
-    from data.sources import CUT_BEFORE
-
     whole = hf.encode(_CUT_PROBE, add_special_tokens=False).ids
     for match in CUT_BEFORE.finditer(_CUT_PROBE):
         cut = match.start()
