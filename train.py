@@ -31,7 +31,16 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
-from grokcopy.data import TokenDataset, WindowSampler
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from grokcopy.cli import run_cli
+from grokcopy.data import Corpus, CorpusError, DataError, WindowSampler, open_corpus
 from grokcopy.data.prepare import ensure_default_corpus
 from grokcopy.evals.copying import MIN_SEQ_LEN, copy_metrics, load_or_make_copy_cases, make_repeat_batch, repeat_metrics
 from grokcopy.evals.curves import plot_curves, run_summary
@@ -43,15 +52,6 @@ from grokcopy.model import PRESETS, Llama, LlamaConfig
 from grokcopy.model.config import ConfigError, TrainConfig, check_type, field_types, scalar_type
 from grokcopy.model.hf import load_hf_weights, model_shape_from_hf, read_hf_config
 from grokcopy.model.run_dir import CheckpointError, MetricsLog, NotARunError, RunDir, RunDirInUse
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
-
-from grokcopy.cli import run_cli
 
 MODEL_FIELDS = {f.name for f in fields(LlamaConfig)}
 
@@ -283,18 +283,8 @@ class StopSignal:
         self.received = signum
 
 
-@dataclass
-class Corpus:
-    dir: Path
-    meta: dict
-    train: TokenDataset
-    val: TokenDataset
-
-
-def load_corpus(cfg: TrainConfig, model_cfg: LlamaConfig, world: int, master: bool) -> Corpus:
+def load_corpus(cfg: TrainConfig, model_cfg: LlamaConfig, world: int, master: bool) -> tuple[Path, Corpus]:
     """--data, or the embedded corpus, prepared on first use (rank 0 builds, the others wait)."""
-    import json
-
     if cfg.data:
         data_dir = Path(cfg.data)
         if not (data_dir / "meta.json").is_file():
@@ -308,9 +298,9 @@ def load_corpus(cfg: TrainConfig, model_cfg: LlamaConfig, world: int, master: bo
         if world > 1:
             dist.barrier()
         data_dir = ensure_default_corpus(**corpus, progress=False)
-    meta = json.loads((data_dir / "meta.json").read_text())
-    finish_config(cfg, model_cfg, world, meta["vocab_size"])
-    return Corpus(data_dir, meta, TokenDataset(data_dir / "train"), TokenDataset(data_dir / "val"))
+    corpus = open_corpus(data_dir)  # meta.json checked against the shard headers before anything trains
+    finish_config(cfg, model_cfg, world, corpus.meta["vocab_size"])
+    return data_dir, corpus
 
 
 @dataclass
@@ -322,8 +312,8 @@ class Resume:
     tokens: int = 0
 
 
-def open_run_dir(cfg: TrainConfig, model_cfg: LlamaConfig, corpus: Corpus, world: int, master: bool,
-                 log) -> tuple[RunDir, Resume]:
+def open_run_dir(cfg: TrainConfig, model_cfg: LlamaConfig, data_dir: Path, corpus: Corpus, world: int,
+                 master: bool, log) -> tuple[RunDir, Resume]:
     """Lock the run directory (rank 0), load its newest good checkpoint and check that this run may
     continue it; write config.json and cut metrics.jsonl back to the checkpoint's step."""
     run = RunDir(cfg.out or f"runs/{cfg.preset}")
@@ -347,7 +337,7 @@ def open_run_dir(cfg: TrainConfig, model_cfg: LlamaConfig, corpus: Corpus, world
         changes = recipe_changes(resume.state["config"], cfg) if resume.state else {}
         if changes:
             history = [*history, {"step": resume.step, "changes": changes}]
-        run.write_config({**asdict(cfg), "model": model_cfg.to_dict(), "data_dir": str(corpus.dir),
+        run.write_config({**asdict(cfg), "model": model_cfg.to_dict(), "data_dir": str(data_dir),
                           "world_size": world, "data_meta": corpus.meta, "recipe_changes": history})
         run.truncate_metrics(resume.step)  # drops what was logged after the checkpoint (and a cut line)
     return run, resume
@@ -594,8 +584,8 @@ def finish(run: RunDir, model, cfg: TrainConfig, step: int, world: int, master: 
 
 def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: int, master: bool) -> int:
     log = (lambda *a: None) if not master else (lambda *a: print(*a, flush=True))
-    corpus = load_corpus(cfg, model_cfg, world, master)
-    run, resume = open_run_dir(cfg, model_cfg, corpus, world, master, log)
+    data_dir, corpus = load_corpus(cfg, model_cfg, world, master)
+    run, resume = open_run_dir(cfg, model_cfg, data_dir, corpus, world, master, log)
     sampler = WindowSampler(corpus.train, cfg.seq_len + 1, seed=cfg.seed, rank=rank, world_size=world)
     model, train_model, optimizer = build_model(cfg, model_cfg, device, world, resume.state is None, log)
     step, tokens, per_step = resume.step, resume.tokens, tokens_per_step(cfg, world)
@@ -678,10 +668,14 @@ def main(argv: list[str] | None = None) -> int:
     master = rank == 0
     try:
         return train(cfg, model_cfg, device, rank, world, master)
-    except ConfigError as e:
+    except (ConfigError, CorpusError) as e:  # the data's problems a user fixes: exit 2, as flags
         if master:
             print(f"error: {e}", file=sys.stderr)
         return 2
+    except DataError as e:  # a damaged shard: one line, exit 1
+        if master:
+            print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         if distributed:
             # FSDP2's module state and DTensor meshes hold the process group in reference cycles;

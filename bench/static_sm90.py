@@ -112,6 +112,7 @@ def compile_only(record: list, compile: bool = True):
 def launch_model_shapes() -> None:
     """Call every launcher at the model's shapes (bf16, CPU tensors: nothing runs)."""
     import torch
+
     from grokcopy.kernels.flash_attention import flash_attention_backward, flash_attention_forward
     from grokcopy.kernels.rms_norm import rms_norm_backward, rms_norm_forward
     from grokcopy.kernels.swiglu import swiglu_backward, swiglu_forward

@@ -25,9 +25,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from triton.testing import do_bench
+
 from grokcopy.evals.targets import repeat_targets
 from grokcopy.kernels import flash_attention, flash_attention_with_stats
-from triton.testing import do_bench
 
 DTYPE = torch.bfloat16
 TOKENS = 16384

@@ -21,10 +21,11 @@ import functools
 
 import pytest
 import torch
+from triton.testing import do_bench
+
 from grokcopy.kernels import fused_add_rms_norm, rms_norm, swiglu, swiglu_packed
 from grokcopy.kernels.rms_norm import fused_add_rms_norm_reference, rms_norm_reference
 from grokcopy.kernels.swiglu import swiglu_reference
-from triton.testing import do_bench
 
 DTYPE = torch.bfloat16
 EPS = 1e-6

@@ -15,6 +15,7 @@ import time
 import pytest
 import torch
 import torch.nn.functional as F
+
 from grokcopy.model import PRESETS, Llama
 from grokcopy.model.backends import available
 

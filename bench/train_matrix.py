@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+
 from grokcopy.data import TokenDataset, WindowSampler
 from grokcopy.model import PRESETS, Llama, LlamaConfig
 from grokcopy.model.backends import available

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from grokcopy.data.errors import CorpusTooSmallError
+
 
 class WindowSampler:
     """Yields batches of windows (`window` = seq_len + 1 tokens) for one DDP rank.
@@ -36,9 +38,13 @@ class WindowSampler:
         self.n_windows = (len(dataset) - window + 1) // window
         self.per_rank = self.n_windows // world_size
         if self.per_rank < 1:
-            raise ValueError(
-                f"{dataset!r} holds {len(dataset)} tokens: too few for one window of {window} tokens "
-                f"on each of {world_size} ranks"
+            # the grid needs world_size windows plus room for any offset in [0, window)
+            needed = (world_size + 1) * window - 1
+            where = getattr(dataset, "path", repr(dataset))
+            raise CorpusTooSmallError(
+                f"{where} holds {len(dataset):,} tokens: too few for one window of {window:,} tokens "
+                f"(seq_len {window - 1:,} + 1) on each of {world_size} rank(s), which needs {needed:,}; "
+                "use a shorter --seq-len or a larger corpus"
             )
         self.epoch = 0
         self.position = 0  # windows of this epoch already taken by this rank

@@ -1,8 +1,9 @@
 """Token shards: zstd-compressed frames of tokens behind a checksummed header and frame index.
 
 The byte layout is documented in data/FORMAT.md; this file is its only implementation.
-`write_shards` cuts a token stream into shard files; `TokenDataset` memory-maps them and
-decompresses only the frames a slice touches, keeping a few recent frames decompressed.
+`ShardWriter` (and `write_shards` over it) cuts a token stream into shard files; `TokenDataset`
+memory-maps them and decompresses only the frames a slice touches, keeping a few recent frames
+decompressed.
 """
 
 from __future__ import annotations
@@ -14,10 +15,13 @@ import zlib
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import zstandard
-from grokcopy.data.atomic import write_atomically
+
+from grokcopy.data.atomic import atomic_file
+from grokcopy.data.errors import DataError
 
 MAGIC = b"GRKTOKS\x00"
 FORMAT_VERSION = 1
@@ -36,9 +40,15 @@ INDEX_ENTRY = np.dtype([("offset", "<u8"), ("size", "<u4"), ("crc32", "<u4")])
 DEFAULT_SHARD_TOKENS = 1 << 26  # 64M tokens (128 MiB of uint16 before compression)
 DEFAULT_FRAME_TOKENS = 1 << 13  # 8192: a 1025-token window touches one or two frames
 DEFAULT_LEVEL = 9
+# The writer's bounds: a frame is decompressed whole into memory by every reader, and its payload
+# size is a uint32 field, so frames stay far below 4 GiB; zstd's levels run from 1 to 22.
+MAX_FRAME_TOKENS = 1 << 24
+MIN_LEVEL, MAX_LEVEL = 1, zstandard.MAX_COMPRESSION_LEVEL
+# Frames the writer compresses at once, on all cores: a few MB of tokens held, not a shard.
+COMPRESS_BATCH_FRAMES = 32
 
 
-class ShardFormatError(ValueError):
+class ShardFormatError(DataError):
     """A shard file is malformed: the message names the file, the frame if any, and the fault."""
 
 
@@ -54,7 +64,8 @@ def token_dtype(vocab_size: int) -> np.dtype:
 
 
 def _encode_shard(tokens: np.ndarray, vocab_size: int, frame_tokens: int, level: int) -> list[bytes]:
-    """Bytes of one shard file holding `tokens` (already of the shard dtype), as a list of chunks."""
+    """Bytes of one shard file holding `tokens` (already of the shard dtype), as a list of chunks.
+    The reference for ShardWriter's streamed output, and what tests build bad shards with."""
     compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
     n_frames = -(-len(tokens) // frame_tokens)
     index = np.zeros(n_frames, dtype=INDEX_ENTRY)
@@ -67,11 +78,149 @@ def _encode_shard(tokens: np.ndarray, vocab_size: int, frame_tokens: int, level:
         payloads.append(payload)
         offset += len(payload)
     index_bytes = index.tobytes()
-    header = HEADER.pack(
-        MAGIC, FORMAT_VERSION, tokens.dtype.itemsize, vocab_size, frame_tokens,
-        len(tokens), n_frames, offset, zlib.crc32(index_bytes),
-    )
-    return [header, struct.pack("<I", zlib.crc32(header)), *payloads, index_bytes]
+    header = _pack_header(tokens.dtype.itemsize, vocab_size, frame_tokens, len(tokens), n_frames, offset, index_bytes)
+    return [header, *payloads, index_bytes]
+
+
+def _pack_header(itemsize: int, vocab_size: int, frame_tokens: int, n_tokens: int, n_frames: int,
+                 index_offset: int, index_bytes: bytes) -> bytes:
+    """The 64-byte header, its CRC32 included."""
+    header = HEADER.pack(MAGIC, FORMAT_VERSION, itemsize, vocab_size, frame_tokens, n_tokens, n_frames,
+                         index_offset, zlib.crc32(index_bytes))
+    return header + struct.pack("<I", zlib.crc32(header))
+
+
+class ShardWriter:
+    """Writes one token stream into shard files `out_dir/{prefix}-00000.tok`, ... a frame at a time.
+
+    Memory stays at COMPRESS_BATCH_FRAMES frames of tokens plus the frame index, whatever the shard
+    size: complete frames are compressed (in parallel) and appended to the shard's temp file, and
+    the header (which needs the totals) is written last. Each shard file appears atomically (see
+    data.atomic.atomic_file) when it is full or at close(); after an exception inside the `with`
+    block, the unfinished shard's temp file is deleted (finished shards stay).
+
+        with ShardWriter(out_dir, vocab_size) as writer:
+            writer.write(tokens)           # 1-D integer array, every id in [0, vocab_size)
+        writer.paths                       # the shard files written
+
+    Args:
+        out_dir: directory to write into (created if missing).
+        vocab_size: number of token ids; decides the stored dtype (uint16 if <= 65536, else uint32).
+        shard_tokens: tokens per shard file (the last one is shorter).
+        frame_tokens: tokens per independently compressed zstd frame, counted from the shard's start
+            (the last frame of each shard may be shorter).
+        level: zstd compression level.
+        prefix: shard file name prefix.
+    """
+
+    def __init__(self, out_dir: str | os.PathLike, vocab_size: int, *, shard_tokens: int = DEFAULT_SHARD_TOKENS,
+                 frame_tokens: int = DEFAULT_FRAME_TOKENS, level: int = DEFAULT_LEVEL, prefix: str = "shard"):
+        self.dtype = token_dtype(vocab_size)
+        if shard_tokens < 1 or not 1 <= frame_tokens <= MAX_FRAME_TOKENS:
+            raise ValueError(f"shard_tokens must be >= 1 and frame_tokens in [1, {MAX_FRAME_TOKENS}], "
+                             f"got {shard_tokens}, {frame_tokens}")
+        if not MIN_LEVEL <= level <= MAX_LEVEL:
+            raise ValueError(f"zstd level must be in [{MIN_LEVEL}, {MAX_LEVEL}], got {level}")
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.vocab_size, self.shard_tokens, self.frame_tokens = vocab_size, shard_tokens, frame_tokens
+        self.prefix = prefix
+        self.paths: list[Path] = []
+        self.header_crcs: list[int] = []  # header CRC32 of each shard written: covers its whole content
+        self.n_tokens = 0
+        self._compressor = zstandard.ZstdCompressor(level=level, write_checksum=True)
+        self._pending: list[np.ndarray] = []  # tokens not yet in a frame
+        self._n_pending = 0
+        self._shard = None  # the open atomic_file context of the shard being written
+        self._file: BinaryIO | None = None
+        self._index: list[tuple[int, int, int]] = []
+        self._shard_filled = 0  # tokens of the current shard already in frames
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, kind, error, traceback) -> None:
+        if error is None:
+            self.close()
+        elif self._shard is not None:
+            self._shard.__exit__(kind, error, traceback)  # deletes the temp file
+            self._shard = self._file = None
+
+    def write(self, tokens: np.ndarray) -> None:
+        """Append `tokens` (a 1-D integer array, every id in [0, vocab_size)) to the stream."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 1 or not np.issubdtype(tokens.dtype, np.integer):
+            raise ValueError(f"expected a 1-D integer array, got {tokens.dtype}{tokens.shape}")
+        if not len(tokens):
+            return
+        if tokens.min() < 0 or tokens.max() >= self.vocab_size:
+            bad = tokens[(tokens < 0) | (tokens >= self.vocab_size)][0]
+            raise ValueError(f"token {bad} is outside the vocabulary [0, {self.vocab_size})")
+        self._pending.append(tokens.astype(self.dtype, copy=False))
+        self._n_pending += len(tokens)
+        self.n_tokens += len(tokens)
+        if self._n_pending >= COMPRESS_BATCH_FRAMES * self.frame_tokens:
+            self._write_frames(final=False)
+
+    def close(self) -> list[Path]:
+        """Write what is pending and finish the last shard; returns the shard paths."""
+        if self._n_pending:
+            self._write_frames(final=True)
+        if self._shard is not None:
+            self._finish_shard()
+        return self.paths
+
+    def _write_frames(self, final: bool) -> None:
+        """Compress and append every complete frame pending (and, if final, the incomplete rest)."""
+        joined = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        frames, start, filled = [], 0, self._shard_filled
+        while start < len(joined):
+            size = min(self.frame_tokens, self.shard_tokens - filled)  # frames restart at each shard
+            if len(joined) - start < size and not final:
+                break
+            frames.append(joined[start : start + size])
+            start += len(frames[-1])
+            filled = (filled + len(frames[-1])) % self.shard_tokens
+        for frame, payload in zip(frames, self._compress(frames), strict=True):
+            self._append_frame(len(frame), payload)
+        rest = joined[start:]
+        self._pending, self._n_pending = ([rest], len(rest)) if len(rest) else ([], 0)
+
+    def _compress(self, frames: list[np.ndarray]) -> list[bytes]:
+        """zstd frames of each token array; several at once on all cores (the same bytes as one by one)."""
+        if len(frames) >= 2:
+            try:
+                compressed = self._compressor.multi_compress_to_buffer([f.tobytes() for f in frames], threads=-1)
+                return [compressed[i].tobytes() for i in range(len(frames))]
+            except NotImplementedError:  # zstandard's CFFI backend (PyPy) has no multi-threaded batch
+                pass
+        return [self._compressor.compress(f.tobytes()) for f in frames]
+
+    def _append_frame(self, n_tokens: int, payload: bytes) -> None:
+        if self._shard is None:
+            path = self.out_dir / f"{self.prefix}-{len(self.paths):05d}{SHARD_SUFFIX}"
+            self._shard = atomic_file(path)
+            self._file = self._shard.__enter__()
+            self._file.write(bytes(HEADER_SIZE))  # the header is written last, when the totals are known
+            self._shard_path, self._offset, self._index, self._shard_filled = path, HEADER_SIZE, [], 0
+        self._file.write(payload)
+        self._index.append((self._offset, len(payload), zlib.crc32(payload)))
+        self._offset += len(payload)
+        self._shard_filled += n_tokens
+        if self._shard_filled == self.shard_tokens:
+            self._finish_shard()
+
+    def _finish_shard(self) -> None:
+        index_bytes = np.array(self._index, dtype=INDEX_ENTRY).tobytes()
+        self._file.write(index_bytes)
+        self._file.seek(0)
+        header = _pack_header(self.dtype.itemsize, self.vocab_size, self.frame_tokens, self._shard_filled,
+                              len(self._index), self._offset, index_bytes)
+        self._file.write(header)
+        self.header_crcs.append(struct.unpack("<I", header[HEADER.size :])[0])
+        shard, self._shard, self._file, self._shard_filled = self._shard, None, None, 0
+        shard.__exit__(None, None, None)  # fsync, rename into place
+        self.paths.append(self._shard_path)
 
 
 def write_shards(
@@ -97,47 +246,21 @@ def write_shards(
         eot: if given, this token id is appended after every document.
         prefix: shard file name prefix, so several splits can share a directory.
 
-    Every shard is written atomically (temp file, fsync, rename).
+    Every shard is written atomically (temp file, fsync, rename); see ShardWriter.
     """
-    dtype = token_dtype(vocab_size)
-    if shard_tokens < 1 or frame_tokens < 1:
-        raise ValueError(f"shard_tokens and frame_tokens must be >= 1, got {shard_tokens}, {frame_tokens}")
     if eot is not None and not 0 <= eot < vocab_size:
         raise ValueError(f"eot token {eot} is outside the vocabulary [0, {vocab_size})")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    eot_array = None if eot is None else np.array([eot], dtype=dtype)
-
-    paths: list[Path] = []
-    pending: list[np.ndarray] = []
-    n_pending = 0
-
-    def flush(n: int) -> None:
-        nonlocal pending, n_pending
-        joined = np.concatenate(pending) if len(pending) > 1 else pending[0]
-        shard, rest = joined[:n], joined[n:]
-        path = out_dir / f"{prefix}-{len(paths):05d}{SHARD_SUFFIX}"
-        chunks = _encode_shard(shard, vocab_size, frame_tokens, level)
-        write_atomically(path, lambda f: f.writelines(chunks))
-        paths.append(path)
-        pending, n_pending = ([rest], len(rest)) if len(rest) else ([], 0)
-
-    for doc_index, doc in enumerate(token_arrays):
-        doc = np.asarray(doc)
-        if doc.ndim != 1 or not np.issubdtype(doc.dtype, np.integer):
-            raise ValueError(f"document {doc_index}: expected a 1-D integer array, got {doc.dtype}{doc.shape}")
-        if len(doc) and (doc.min() < 0 or doc.max() >= vocab_size):
-            bad = doc[(doc < 0) | (doc >= vocab_size)][0]
-            raise ValueError(f"document {doc_index}: token {bad} is outside the vocabulary [0, {vocab_size})")
-        for part in (doc.astype(dtype, copy=False), eot_array):
-            if part is not None and len(part):
-                pending.append(part)
-                n_pending += len(part)
-        while n_pending >= shard_tokens:
-            flush(shard_tokens)
-    if n_pending:
-        flush(n_pending)
-    return paths
+    eot_array = None if eot is None else np.array([eot])
+    with ShardWriter(out_dir, vocab_size, shard_tokens=shard_tokens, frame_tokens=frame_tokens, level=level,
+                     prefix=prefix) as writer:
+        for doc_index, doc in enumerate(token_arrays):
+            try:
+                writer.write(doc)
+            except ValueError as e:
+                raise ValueError(f"document {doc_index}: {e}") from None
+            if eot_array is not None:
+                writer.write(eot_array)
+    return writer.paths
 
 
 # ---------------------------------------------------------------------------------------------
@@ -159,6 +282,7 @@ class _Shard:
         if head[:8] != MAGIC:
             raise self.error(f"bad magic {head[:8]!r}, expected {MAGIC!r}: not a grokcopy token shard")
         (crc,) = struct.unpack("<I", head[HEADER.size :])
+        self.header_crc = crc  # through the index CRC and the frame CRCs, a checksum of the whole file
         if zlib.crc32(head[: HEADER.size]) != crc:
             raise self.error("header checksum mismatch: the header is corrupted")
         (_, version, itemsize, self.vocab_size, self.frame_tokens, self.n_tokens,

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from grokcopy.data.atomic import write_atomically
 from grokcopy.evals.targets import second_copy_targets
 

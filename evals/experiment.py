@@ -28,10 +28,9 @@ import sys
 import time
 from pathlib import Path
 
+from grokcopy.cli import run_cli
 from grokcopy.model import PRESETS
 from grokcopy.model.run_dir import RunDir
-
-from grokcopy.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,12 +21,12 @@ import time
 from pathlib import Path
 
 import torch
+
+from grokcopy.cli import run_cli
 from grokcopy.evals.onsets import INDUCTION_THRESHOLD, induction_onset_steps
 from grokcopy.model.config import LlamaConfig
 from grokcopy.model.llama import Llama
 from grokcopy.model.run_dir import CheckpointError, NotARunError, RunDir
-
-from grokcopy.cli import run_cli
 
 COPY_ACC_MILESTONE = 0.5
 RECIPE_FIELDS = ("lr", "schedule", "warmup_steps", "weight_decay", "batch_size", "seq_len", "grad_accum", "max_steps")

@@ -20,11 +20,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from grokcopy.cli import run_cli
 from grokcopy.evals.curves import plot_overlay, pyplot
 from grokcopy.evals.onsets import COPY_SURGE_LEVEL, INDUCTION_THRESHOLD, copy_token_gain, eval_records, run_onsets
 from grokcopy.model.run_dir import RunDir
-
-from grokcopy.cli import run_cli
 
 # the layer x step panels of <run>-layers.png, drawn when the records have the key
 LAYER_SCORES = (("induction_max", "induction (repeated random tokens)"),

@@ -17,6 +17,7 @@ The model's forward with `attention_targets` returns these masses from
 from __future__ import annotations
 
 import torch
+
 from grokcopy.evals.copying import make_repeat_batch, sequence_target_mass
 from grokcopy.evals.targets import induction_targets, previous_token_targets, second_copy_targets
 

@@ -42,6 +42,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+
 from grokcopy.kernels._common import cast_rne, check_inputs, dot_dtype, interpreting
 from grokcopy.kernels.reference import AttentionStats, attention_reference, attention_stats_reference
 

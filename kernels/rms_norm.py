@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from grokcopy.kernels._common import SUPPORTED_FLOAT_DTYPES, as_rows, cast_rne, check_inputs, interpreting
 from grokcopy.kernels.reference import fused_add_rms_norm_reference, rms_norm_reference  # noqa: F401 (re-exported)
 

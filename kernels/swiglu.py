@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+
 from grokcopy.kernels._common import as_rows, cast_rne, check_inputs
 from grokcopy.kernels.reference import swiglu_reference  # noqa: F401 (re-exported)
 

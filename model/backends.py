@@ -17,6 +17,7 @@ import importlib.util
 
 import torch
 import torch.nn.functional as F
+
 from grokcopy.kernels import reference
 
 

@@ -28,12 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
+
+from grokcopy.cli import UsageError, run_cli
 from grokcopy.data.prepare import EOT_TOKEN
 from grokcopy.model.config import LlamaConfig
 from grokcopy.model.llama import Llama
 from grokcopy.model.run_dir import load_checkpoint, resolve_checkpoint
-
-from grokcopy.cli import UsageError, run_cli
 
 if TYPE_CHECKING:
     import tokenizers

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
 from grokcopy.kernels.reference import AttentionStats
 from grokcopy.model import backends
 from grokcopy.model.config import LlamaConfig

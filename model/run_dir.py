@@ -30,6 +30,7 @@ from typing import IO, Any
 
 import numpy as np
 import torch
+
 from grokcopy.data.atomic import write_atomically
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)\.pt$")

@@ -17,12 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from grokcopy.cli import UsageError, run_cli
 from grokcopy.evals.copying import PREFIX_TOKENS, SUFFIX_TOKENS, CopyCases
 from grokcopy.model.hf import run_tokenizer
 from grokcopy.model.llama import Llama
 from grokcopy.model.run_dir import load_checkpoint, resolve_checkpoint
-
-from grokcopy.cli import UsageError, run_cli
 
 
 @torch.no_grad()
@@ -67,7 +67,9 @@ def copy_demo(model: Llama, tokenizer, run_path: Path, case: int) -> str:
         raise UsageError(f"--case {case}: the run has copy cases 0 to {len(cases) - 1}")
     sequence = cases[case]
     prompt, suffix = sequence[:-SUFFIX_TOKENS], sequence[-SUFFIX_TOKENS:]
-    produced = generate(model, torch.as_tensor(prompt)[None], SUFFIX_TOKENS, temperature=0)[0, -SUFFIX_TOKENS:]
+    device = next(model.parameters()).device
+    produced = generate(model, torch.as_tensor(prompt, device=device)[None], SUFFIX_TOKENS, temperature=0)
+    produced = produced[0, -SUFFIX_TOKENS:].cpu()
     window, prefix = prompt[:-PREFIX_TOKENS], prompt[-PREFIX_TOKENS:]
     first = next(i for i in range(len(window) - PREFIX_TOKENS + 1)
                  if np.array_equal(window[i : i + PREFIX_TOKENS], prefix))
@@ -105,8 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     if not ids:
         raise UsageError("--prompt is empty after tokenisation; give some text")
     generator = torch.Generator().manual_seed(args.seed)
-    out = generate(model, torch.tensor([ids]), args.max_new_tokens, args.temperature, args.top_k or None,
-                   generator)
+    out = generate(model, torch.tensor([ids], device=next(model.parameters()).device), args.max_new_tokens,
+                   args.temperature, args.top_k or None, generator)
     print(tokenizer.decode(out[0].tolist()))
     return 0
 

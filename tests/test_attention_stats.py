@@ -4,6 +4,8 @@ import math
 
 import pytest
 import torch
+from test_flash_attention import DEVICE, TOL, make_qkv, reference_fwd_bwd
+
 from grokcopy.evals.targets import induction_targets, previous_token_targets, repeat_targets
 from grokcopy.kernels import (
     attention_stats_reference,
@@ -11,7 +13,6 @@ from grokcopy.kernels import (
     flash_attention_forward,
     flash_attention_with_stats,
 )
-from test_flash_attention import DEVICE, TOL, make_qkv, reference_fwd_bwd
 
 # Statistics are fp32 whatever the input dtype; the reference gets the same rounded inputs in
 # float64, so only fp32 arithmetic separates them (~1e-6 seen).

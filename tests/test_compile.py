@@ -6,10 +6,10 @@ what checks the registration (fake implementations, autograd), and it runs under
 
 import pytest
 import torch
-from grokcopy.evals.targets import induction_targets
 from kernel_testing import DEVICE
 
 from grokcopy import kernels
+from grokcopy.evals.targets import induction_targets
 
 B, H, T, D = 2, 2, 24, 16
 

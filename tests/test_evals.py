@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+
 from grokcopy.data import TokenDataset, write_shards
 from grokcopy.evals.copying import (
     PREFIX_TOKENS,

@@ -4,7 +4,6 @@ end and resumes (finished runs are skipped)."""
 import shlex
 
 from grokcopy.evals import experiment
-
 from tests.test_train import SMALL
 
 

@@ -8,6 +8,7 @@ import math
 
 import pytest
 import torch
+
 from grokcopy.kernels import (
     attention_reference,
     flash_attention,

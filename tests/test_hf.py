@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import ROOT, env, run_train
+
 from grokcopy.evals.copying import make_repeat_batch, repeat_metrics
 from grokcopy.evals.targets import second_copy_targets
 from grokcopy.model import PRESETS, Llama, LlamaConfig, from_hf
 from grokcopy.model.hf import export_hf, model_shape_from_hf
 from grokcopy.model.run_dir import RunDir
-from test_train import ROOT, env, run_train
 
 transformers = pytest.importorskip("transformers", reason="needs the hf extra: pip install -e '.[hf]'")
 pytest.importorskip("safetensors", reason="needs the hf extra: pip install -e '.[hf]'")

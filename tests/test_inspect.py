@@ -5,8 +5,9 @@ import json
 import shutil
 
 import pytest
-from grokcopy.evals.inspect import inspect_run, main
 from test_train import SMALL, run_train
+
+from grokcopy.evals.inspect import inspect_run, main
 
 
 @pytest.fixture(scope="module")

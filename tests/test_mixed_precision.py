@@ -10,6 +10,7 @@ import itertools
 
 import pytest
 import torch
+
 from grokcopy.model import Llama, LlamaConfig
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -3,6 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
+
 from grokcopy.kernels.reference import attention_reference, attention_stats_reference
 from grokcopy.model import PRESETS, Llama, LlamaConfig, load_checkpoint
 from grokcopy.model.backends import resolve

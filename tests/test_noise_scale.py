@@ -6,6 +6,7 @@ only squared norms of batch-mean gradients at two batch sizes, as train.py gives
 
 import pytest
 import torch
+
 from grokcopy.evals.noise_scale import NoiseScaleMeter, noise_scale
 
 

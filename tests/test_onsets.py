@@ -1,6 +1,7 @@
 """Onset definitions on synthetic curves with known answers."""
 
 import numpy as np
+
 from grokcopy.evals.onsets import (
     centred,
     copy_onset_step,

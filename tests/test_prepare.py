@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zstandard
+
 from grokcopy.data.prepare import default_sources, main, open_split
 
 TEXTS = [f"def function_{i}(x):\n    return x * {i} + {i * i}  # café №{i}\n" * (i + 1) for i in range(12)]
@@ -133,12 +134,14 @@ def test_tokenizer_that_does_not_fit(tmp_path, capsys, tokenizer_file):
     assert "no end-of-text token" in err
 
 
-def test_existing_corpus_needs_force(tmp_path, capsys):
+def test_existing_corpus_needs_overwrite(tmp_path, capsys):
     args = make_inputs(tmp_path / "in", "jsonl")
     main(["--input", *args, "--out", str(tmp_path / "o"), "--bytes", "--quiet"])
     err = run_error(capsys, ["--input", *args, "--out", str(tmp_path / "o"), "--bytes"])
-    assert "--force" in err
-    main(["--input", *args, "--out", str(tmp_path / "o"), "--bytes", "--quiet", "--force"])
+    assert "--overwrite" in err
+    main(["--input", *args, "--out", str(tmp_path / "o"), "--bytes", "--quiet", "--overwrite"])
+    main(["--input", *args, "--out", str(tmp_path / "o"), "--bytes", "--quiet", "--force"])  # the old name
+    assert "--force is deprecated" in capsys.readouterr().err
 
 
 def test_default_sources_are_the_stdlib_sorted():

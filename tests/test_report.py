@@ -3,15 +3,14 @@
 import json
 
 from grokcopy.evals import report
-
 from tests.test_onsets import synthetic_records
 
 
 def fake_run(path, lr, batch, shift, seed=0):
     """A run directory whose copy gain and layer-1 induction rise `shift` steps after the template's."""
     path.mkdir(parents=True)
-    config = {"preset": "tiny", "seed": seed, "lr": lr, "batch_size": batch, "grad_accum": 1, "world_size": 1, "weight_decay": 0.1,
-              "model": {"dropout": 0.0, "n_layers": 2}}
+    config = {"preset": "tiny", "seed": seed, "lr": lr, "batch_size": batch, "grad_accum": 1, "world_size": 1,
+              "weight_decay": 0.1, "model": {"dropout": 0.0, "n_layers": 2}}
     (path / "config.json").write_text(json.dumps(config))
     records = synthetic_records()
     lines = []

@@ -5,9 +5,10 @@ On CPU the kernels run under the Triton interpreter (tests/conftest.py), on a GP
 
 import pytest
 import torch
+from kernel_testing import DEVICE, assert_rel_close, float64_leaf, make
+
 from grokcopy.kernels import fused_add_rms_norm, rms_norm
 from grokcopy.kernels.rms_norm import MAX_ROW, fused_add_rms_norm_reference, rms_norm_reference
-from kernel_testing import DEVICE, assert_rel_close, float64_leaf, make
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Relative-error bounds (‖out − ref‖ / ‖ref‖ against float64). Every output is rounded to its

@@ -13,14 +13,14 @@ import sys
 import numpy as np
 import pytest
 import torch
-from grokcopy.evals.inspect import inspect_run
-from grokcopy.evals.inspect import main as inspect_main
-from grokcopy.model import load_checkpoint
-from grokcopy.model.run_dir import CHECKSUMS, CheckpointError, RunDir
 from test_train import ROOT, SMALL, env
 
 import train
 from grokcopy.cli import run_cli
+from grokcopy.evals.inspect import inspect_run
+from grokcopy.evals.inspect import main as inspect_main
+from grokcopy.model import load_checkpoint
+from grokcopy.model.run_dir import CHECKSUMS, CheckpointError, RunDir
 
 BASE = [*SMALL, "--eval-every", "0", "--ckpt-every", "2", "--keep-ckpts", "3", "--no-tensorboard"]
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from grokcopy.data import TokenDataset, WindowSampler, write_shards
 
 

@@ -3,6 +3,8 @@ hand-built attention patterns give their known answers."""
 
 import numpy as np
 import torch
+
+from grokcopy import kernels
 from grokcopy.evals.copying import make_repeat_batch, repeat_metrics
 from grokcopy.evals.scores import (
     attention_scores,
@@ -13,8 +15,6 @@ from grokcopy.evals.scores import (
 )
 from grokcopy.kernels.reference import AttentionStats
 from grokcopy.model import Llama, LlamaConfig
-
-from grokcopy import kernels
 
 VOCAB, T = 64, 32
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from grokcopy.data import ShardFormatError, TokenDataset, write_shards
 from grokcopy.data.shards import HEADER_SIZE
 
@@ -36,38 +37,56 @@ def test_round_trip_across_frames_and_shards(tmp_path, vocab_size, dtype):
     np.testing.assert_array_equal(single[:], expected[250:500])
 
 
-_FORKED_DATASET = None
+# Run in a fresh interpreter: a fork taken from the test process, after other tests have started
+# torch's, zstd's and tokenizers' thread pools, can inherit a lock one of those threads held and hang.
+# A DataLoader worker forks from a trainer that has not started them yet, which a fresh process mimics.
+_CHILD_READS = """
+import multiprocessing as mp, sys
+from grokcopy.data import TokenDataset
 
+ds = TokenDataset(sys.argv[1])
+_ = ds[:10]  # open and cache in the parent first
+starts = list(range(0, len(ds) - 50, 40))
+expected = [int(ds[i : i + 50].sum()) for i in starts]
 
-def _window_sum(start):
-    return int(_FORKED_DATASET[start : start + 50].sum())
+def window_sum(start):
+    return int(ds[start : start + 50].sum())
+
+def read_sum(args):
+    dataset, start = args
+    return int(dataset[start : start + 50].sum())
+
+if __name__ == "__main__":
+    if sys.argv[2] == "fork":  # inherited
+        with mp.get_context("fork").Pool(2) as pool:
+            got = pool.map(window_sum, starts)
+    else:  # pickled
+        with mp.get_context("spawn").Pool(1) as pool:
+            got = pool.map(read_sum, [(ds, i) for i in starts])
+    assert got == expected, (got, expected)
+    print("read", len(starts), "windows")
+"""
 
 
 @pytest.mark.parametrize("method", ["fork", "spawn"])
 def test_reads_match_in_child_processes(tmp_path, method):
     """A dataset opened (and cached) in the parent reads correctly in forked children (inherited)
     and in spawned ones (pickled), as DataLoader workers and DDP ranks use it."""
-    import multiprocessing as mp
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    global _FORKED_DATASET
+    root = Path(__file__).resolve().parent.parent
     docs = random_docs(np.random.default_rng(1), 1000, n_docs=3)
-    write_shards(docs, tmp_path, 1000, frame_tokens=16)
-    ds = TokenDataset(tmp_path)
-    _ = ds[:10]  # open and cache in the parent first
-    starts = list(range(0, len(ds) - 50, 40))
-    expected = [int(ds[i : i + 50].sum()) for i in starts]
-    if method == "fork":
-        _FORKED_DATASET = ds
-        with mp.get_context("fork").Pool(2) as pool:
-            assert pool.map(_window_sum, starts) == expected
-    else:
-        with mp.get_context("spawn").Pool(1) as pool:
-            assert pool.map(_read_sum, [(ds, i) for i in starts]) == expected
-
-
-def _read_sum(args):
-    ds, start = args
-    return int(ds[start : start + 50].sum())
+    write_shards(docs, tmp_path / "shards", 1000, frame_tokens=16)
+    script = tmp_path / "child_reads.py"
+    script.write_text(_CHILD_READS)
+    result = subprocess.run([sys.executable, str(script), str(tmp_path / "shards"), method],
+                            capture_output=True, text=True, timeout=300,
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("read ") and int(result.stdout.split()[1]) > 5
 
 
 def test_writer_rejects_bad_tokens(tmp_path):

@@ -6,9 +6,10 @@ On CPU the kernels run under the Triton interpreter (tests/conftest.py), on a GP
 import pytest
 import torch
 import torch.nn.functional as F
+from kernel_testing import DEVICE, assert_rel_close, float64_leaf, make
+
 from grokcopy.kernels import swiglu, swiglu_packed
 from grokcopy.kernels.swiglu import swiglu_reference
-from kernel_testing import DEVICE, assert_rel_close, float64_leaf, make
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Relative-error bounds (‖out − ref‖ / ‖ref‖ against float64). The math is fp32 and each output

@@ -5,10 +5,10 @@ import json
 
 import numpy as np
 import pytest
-from grokcopy.evals.tensorboard import TensorBoardLog, scalar_tags
 from test_train import SMALL, run_train
 
 import train
+from grokcopy.evals.tensorboard import TensorBoardLog, scalar_tags
 
 pytest.importorskip("tensorboard", reason="needs the tb extra: pip install -e '.[tb]'")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402

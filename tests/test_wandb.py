@@ -9,9 +9,10 @@ import pytest
 from test_train import SMALL, run_train
 
 wandb = pytest.importorskip("wandb", reason="needs the wandb extra: pip install -e '.[wandb]'")
+from wandb.proto import wandb_internal_pb2  # noqa: E402
+
 from grokcopy.evals.tensorboard import scalar_tags  # noqa: E402
 from grokcopy.model.run_dir import RunDir  # noqa: E402
-from wandb.proto import wandb_internal_pb2  # noqa: E402
 
 BLOCK = 32768  # the log's block size; a record header is 7 bytes (crc32, length, type)
 
