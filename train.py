@@ -42,6 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
 from grokcopy.cli import run_cli
 from grokcopy.data import Corpus, CorpusError, DataError, WindowSampler, open_corpus
 from grokcopy.data.prepare import ensure_default_corpus
+from grokcopy.evals import metric_keys as mk
 from grokcopy.evals.copying import MIN_SEQ_LEN, copy_metrics, load_or_make_copy_cases, make_repeat_batch, repeat_metrics
 from grokcopy.evals.curves import plot_curves, run_summary
 from grokcopy.evals.noise_scale import NoiseScaleMeter
@@ -437,7 +438,7 @@ def evaluate(model: Llama, evals: EvalSet, autocast, device: torch.device) -> di
     model.eval()
     with autocast:
         val = torch.as_tensor(evals.val_windows, device=device)
-        result = {"val_loss": float(model.loss(val[:, :-1], val[:, 1:])),
+        result = {mk.VAL_LOSS: float(model.loss(val[:, :-1], val[:, 1:])),
                   **copy_metrics(model, evals.copy_cases, device),
                   **repeat_metrics(model, evals.repeat_tokens, evals.repeat_periods, device),
                   **text_scores(model, val[:, :-1], device)}
@@ -522,11 +523,11 @@ class Progress:
     def update(self, loss: float, record: dict | None) -> None:
         if self.bar is None:
             return
-        if record and "copy_token_acc" in record:
-            self.shown["copy"] = record["copy_token_acc"] - record["copy_control_token_acc"]
-            self.shown["induction"] = max(record["induction_max"])
-        if record and "tokens_per_s" in record:
-            self.shown["tok_s"] = record["tokens_per_s"]
+        if record and mk.COPY_TOKEN_ACC in record:
+            self.shown["copy"] = record[mk.COPY_TOKEN_ACC] - record[mk.COPY_CONTROL_TOKEN_ACC]
+            self.shown["induction"] = max(record[mk.best_head(mk.INDUCTION)])
+        if record and mk.TOKENS_PER_S in record:
+            self.shown["tok_s"] = record[mk.TOKENS_PER_S]
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{loss:.3f}", copy_gain=f"{self.shown['copy']:+.2f}",
                              induction=f"{self.shown['induction']:.2f}", tok_s=f"{self.shown['tok_s']:.0f}",
@@ -547,8 +548,8 @@ class Throughput:
         now = time.time()
         interval = cfg.log_every if step % cfg.log_every == 0 else step % cfg.log_every
         rate, self.last = interval * per_step / (now - self.last), now
-        return {"step": step, "tokens": tokens, "loss": res.loss, "lr": lr_at(step - 1, cfg),
-                "grad_norm": res.grad_norm, "tokens_per_s": rate, "elapsed_s": now - self.start}
+        return {mk.STEP: step, mk.TOKENS: tokens, mk.LOSS: res.loss, mk.LR: lr_at(step - 1, cfg),
+                mk.GRAD_NORM: res.grad_norm, mk.TOKENS_PER_S: rate, mk.ELAPSED_S: now - self.start}
 
     def skip_eval_time(self) -> None:
         self.last = time.time()
@@ -573,7 +574,7 @@ def finish(run: RunDir, model, cfg: TrainConfig, step: int, world: int, master: 
         return 4
     records = run.read_metrics()[0]
     log(run_summary(records, wall_s=wall_s))
-    if any("copy_gain" in r for r in records):
+    if any(mk.COPY_GAIN in r for r in records):
         plot_curves(records, run.curves_path, title=f"{run.path.name} ({cfg.preset})")
         log(f"curves: {run.curves_path}")
     return 0
@@ -612,7 +613,7 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
         record = clock.record(step, cfg, tokens, per_step, res) if step % cfg.log_every == 0 or \
             step == cfg.max_steps else None
         if res.train_stats is not None or (cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps)):
-            record = record or {"step": step, "tokens": tokens, "loss": res.loss}
+            record = record or {mk.STEP: step, mk.TOKENS: tokens, mk.LOSS: res.loss}
             record.update(res.train_stats or {})
         if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps):
             record.update({**evaluate(model, evals, autocast, device), **(noise.read() if noise else {})})

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from grokcopy.data.atomic import write_atomically
+from grokcopy.evals import metric_keys as mk
 from grokcopy.evals.targets import second_copy_targets
 
 PREFIX_TOKENS = 12
@@ -137,13 +138,13 @@ def copy_metrics(model, cases: CopyCases, device, batch_size: int = 32) -> dict[
     control = _suffix_hits(model, cases.control, device, batch_size)
     copy_acc, control_acc = float(hits.all(1).mean()), float(control.all(1).mean())
     return {
-        "copy_acc": copy_acc,
-        "copy_token_acc": float(hits.mean()),
-        "copy_control_acc": control_acc,
-        "copy_control_token_acc": float(control.mean()),
-        "copy_gain": copy_acc - control_acc,
+        mk.COPY_ACC: copy_acc,
+        mk.COPY_TOKEN_ACC: float(hits.mean()),
+        mk.COPY_CONTROL_ACC: control_acc,
+        mk.COPY_CONTROL_TOKEN_ACC: float(control.mean()),
+        mk.COPY_GAIN: copy_acc - control_acc,
         # the paper's own 50-case set, the first 50 of ours
-        "copy_acc_paper50": float(hits[:50].all(1).mean()),
+        mk.COPY_ACC_PAPER50: float(hits[:50].all(1).mean()),
     }
 
 
@@ -186,7 +187,7 @@ def repeat_metrics(model, tokens: torch.Tensor, periods: torch.Tensor, device, b
     """repeat_acc (next-token accuracy over the second copy) and induction scores.
 
     Returns {"repeat_acc": float, "induction": [[score per head] per layer],
-    "induction_max": [max over heads per layer]}.
+    "induction_max": [max over heads per layer]} (the keys of evals/metric_keys.py).
     """
     n, T = tokens.shape
     correct, counted = 0, 0
@@ -207,7 +208,7 @@ def repeat_metrics(model, tokens: torch.Tensor, periods: torch.Tensor, device, b
         mass_sum = batch_sum if mass_sum is None else mass_sum + batch_sum
     induction = (mass_sum / n).cpu()
     return {
-        "repeat_acc": correct / max(counted, 1),
-        "induction": induction.tolist(),
-        "induction_max": induction.max(-1).values.tolist(),
+        mk.REPEAT_ACC: correct / max(counted, 1),
+        mk.INDUCTION: induction.tolist(),
+        mk.best_head(mk.INDUCTION): induction.max(-1).values.tolist(),
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from grokcopy.evals import metric_keys as mk
 from grokcopy.evals.onsets import COPY_SURGE_LEVEL, copy_token_gain, eval_records, run_onsets
 
 
@@ -25,26 +26,26 @@ def run_summary(records: list[dict], wall_s: float) -> str:
     last = records[-1]
     evals = eval_records(records)
     lines = [
-        f"steps {last['step']:,}  tokens {last['tokens']:,}  wall {wall_s / 60:.1f} min  "
-        f"final loss {last['loss']:.3f}" + (f"  val loss {evals[-1]['val_loss']:.3f}" if evals else ""),
+        f"steps {last[mk.STEP]:,}  tokens {last['tokens']:,}  wall {wall_s / 60:.1f} min  "
+        f"final loss {last['loss']:.3f}" + (f"  val loss {evals[-1][mk.VAL_LOSS]:.3f}" if evals else ""),
     ]
     if evals:
         every = max(1, len(evals) // 10)
         lines.append("copy gain by step: " + "  ".join(
-            f"{r['step']}:{r['copy_gain']:+.2f}" for r in evals[::every] + ([evals[-1]] if len(evals) % every else [])
+            f"{r[mk.STEP]}:{r[mk.COPY_GAIN]:+.2f}" for r in evals[::every] + ([evals[-1]] if len(evals) % every else [])
         ))
-        best = max(evals, key=lambda r: r["copy_gain"])
+        best = max(evals, key=lambda r: r[mk.COPY_GAIN])
         onsets = run_onsets(records)
         lines.append(
             f"loss plateau at step {onsets['plateau']}; copy surge (token-level gain >= {COPY_SURGE_LEVEL}) at "
             f"step {onsets['copy_surge']}; copy onset (half of the maximum gain) at step {onsets['copy_onset']}")
         lines.append(
-            f"copy acc {evals[-1]['copy_acc']:.2f} (control {evals[-1]['copy_control_acc']:.2f}), best gain "
-            f"{best['copy_gain']:+.2f} at step {best['step']}"
+            f"copy acc {evals[-1][mk.COPY_ACC]:.2f} (control {evals[-1][mk.COPY_CONTROL_ACC]:.2f}), best gain "
+            f"{best[mk.COPY_GAIN]:+.2f} at step {best[mk.STEP]}"
         )
         lines.append(
-            f"repeat acc {evals[-1]['repeat_acc']:.2f}; induction score (max head) per layer: "
-            + ", ".join(f"{v:.2f}" for v in evals[-1]["induction_max"])
+            f"repeat acc {evals[-1][mk.REPEAT_ACC]:.2f}; induction score (max head) per layer: "
+            + ", ".join(f"{v:.2f}" for v in evals[-1][mk.best_head(mk.INDUCTION)])
         )
     return "\n".join(lines)
 
@@ -53,19 +54,19 @@ def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:
     """Loss (train, val) and copy gain / repeat accuracy against steps on twin axes, onset marked."""
     plt = pyplot()
 
-    evals = [r for r in records if "copy_gain" in r]
+    evals = [r for r in records if mk.COPY_GAIN in r]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
-    ax.plot([r["step"] for r in records], [r["loss"] for r in records], color="tab:blue", lw=1, alpha=0.6,
+    ax.plot([r[mk.STEP] for r in records], [r[mk.LOSS] for r in records], color="tab:blue", lw=1, alpha=0.6,
             label="train loss")
-    ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], color="tab:blue", lw=2, label="val loss")
+    ax.plot([r[mk.STEP] for r in evals], [r[mk.VAL_LOSS] for r in evals], color="tab:blue", lw=2, label="val loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("loss", color="tab:blue")
     right = ax.twinx()
-    steps = [r["step"] for r in evals]
-    right.plot(steps, [r["copy_gain"] for r in evals], color="tab:red", lw=2, marker="o", ms=3, label="copy gain")
-    right.plot(steps, [r["copy_token_acc"] for r in evals], color="tab:purple", lw=1.5, label="copy token acc")
-    right.plot(steps, [r["repeat_acc"] for r in evals], color="tab:orange", lw=1.5, ls="--", label="repeat acc")
-    right.plot(steps, [max(r["induction_max"]) for r in evals], color="tab:green", lw=1.5, ls=":",
+    steps = [r[mk.STEP] for r in evals]
+    right.plot(steps, [r[mk.COPY_GAIN] for r in evals], color="tab:red", lw=2, marker="o", ms=3, label="copy gain")
+    right.plot(steps, [r[mk.COPY_TOKEN_ACC] for r in evals], color="tab:purple", lw=1.5, label="copy token acc")
+    right.plot(steps, [r[mk.REPEAT_ACC] for r in evals], color="tab:orange", lw=1.5, ls="--", label="repeat acc")
+    right.plot(steps, [max(r[mk.best_head(mk.INDUCTION)]) for r in evals], color="tab:green", lw=1.5, ls=":",
                label="induction score (best head)")
     right.set_ylabel("copying", color="tab:red")
     right.set_ylim(-0.05, 1.05)
@@ -89,22 +90,22 @@ def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:
 def overlay_value(record: dict, key: str) -> float:
     """A metrics record's value for an overlay panel, the two derived panels included."""
     if key == "induction_best":
-        return max(record["induction_max"])
+        return max(record[mk.best_head(mk.INDUCTION)])
     if key == "copy_token_gain":
         return copy_token_gain(record)
     return record[key]
 
 
-def plot_overlay(runs: dict[str, list[dict]], path: str | Path, x: str = "step", title: str = "") -> None:
+def plot_overlay(runs: dict[str, list[dict]], path: str | Path, x: str = mk.STEP, title: str = "") -> None:
     """Several runs on one figure against `x` ("step" or "tokens"): val loss, copy gain (exact and
     token level), repeat accuracy and the best head's induction score, one panel each."""
     plt = pyplot()
 
-    panels = [("val_loss", "val loss"), ("copy_gain", "copy gain"), ("copy_token_gain", "copy token gain"),
-              ("repeat_acc", "repeat acc"), ("induction_best", "induction score (best head)")]
+    panels = [(mk.VAL_LOSS, "val loss"), (mk.COPY_GAIN, "copy gain"), ("copy_token_gain", "copy token gain"),
+              (mk.REPEAT_ACC, "repeat acc"), ("induction_best", "induction score (best head)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), dpi=110)
     for name, records in runs.items():
-        evals = [r for r in records if "copy_gain" in r]
+        evals = [r for r in records if mk.COPY_GAIN in r]
         xs = [r[x] for r in evals]
         for ax, (key, _) in zip(axes, panels, strict=True):
             ys = [overlay_value(r, key) for r in evals]

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from grokcopy.cli import run_cli
+from grokcopy.evals import metric_keys as mk
 from grokcopy.evals.onsets import INDUCTION_THRESHOLD, induction_onset_steps
 from grokcopy.model.config import LlamaConfig
 from grokcopy.model.llama import Llama
@@ -37,16 +38,16 @@ def wall_seconds(records: list[dict]) -> float:
     """Training wall time over every process of the run: elapsed_s restarts at each resume."""
     total, last = 0.0, 0.0
     for r in records:
-        if "elapsed_s" in r:
-            if r["elapsed_s"] < last:
+        if mk.ELAPSED_S in r:
+            if r[mk.ELAPSED_S] < last:
                 total += last
-            last = r["elapsed_s"]
+            last = r[mk.ELAPSED_S]
     return total + last
 
 
 def first_step(evals: list[dict], reached) -> int | None:
     """The step of the first eval record for which `reached(record)` holds."""
-    return next((r["step"] for r in evals if reached(r)), None)
+    return next((r[mk.STEP] for r in evals if reached(r)), None)
 
 
 def count_parameters(model_config: dict) -> int:
@@ -66,8 +67,8 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTI
     config = run.read_config()
     records, unreadable = run.read_metrics()
     damaged_lines, last_line_cut = run.metrics_damage()
-    evals = [r for r in records if "copy_acc" in r]
-    last = records[-1] if records else {"step": 0, "tokens": 0}
+    evals = [r for r in records if mk.COPY_ACC in r]
+    last = records[-1] if records else {mk.STEP: 0, mk.TOKENS: 0}
     model = config["model"]
     meta = config.get("data_meta", {})
     metrics_file = run.metrics_path
@@ -84,7 +85,7 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTI
             continue
         except CheckpointError as e:
             problem = str(e)
-        checkpoints.append({"step": c.step, "path": str(c.path), "bytes": size, "problem": problem})
+        checkpoints.append({mk.STEP: c.step, "path": str(c.path), "bytes": size, "problem": problem})
     good = [c for c in checkpoints if c["problem"] is None]
     final = run.read_final()
     # what a resume would continue: the newest good checkpoint's own config, not an edited config.json
@@ -95,27 +96,27 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTI
                         + [f"model.{k}" for k in saved_model if config["model"].get(k) != saved_model[k]])
         config = {**config, **saved, "model": saved_model}
         model = saved_model
-        source = f"checkpoint step {good[-1]['step']:,}"
-    recent = [r["tokens_per_s"] for r in records if "tokens_per_s" in r][-RECENT_RECORDS:]
+        source = f"checkpoint step {good[-1][mk.STEP]:,}"
+    recent = [r[mk.TOKENS_PER_S] for r in records if mk.TOKENS_PER_S in r][-RECENT_RECORDS:]
 
     copy = None
     if evals:
         latest = evals[-1]
-        best_acc = max(evals, key=lambda r: r["copy_acc"])
-        best_gain = max(evals, key=lambda r: r["copy_gain"])
+        best_acc = max(evals, key=lambda r: r[mk.COPY_ACC])
+        best_gain = max(evals, key=lambda r: r[mk.COPY_GAIN])
         copy = {
             "evals": len(evals),
-            "latest": {k: latest[k] for k in ("step", "copy_acc", "copy_gain", "copy_control_acc")},
-            "best_acc": {"step": best_acc["step"], "copy_acc": best_acc["copy_acc"]},
-            "best_gain": {"step": best_gain["step"], "copy_gain": best_gain["copy_gain"]},
-            "acc_50_step": first_step(evals, lambda r: r["copy_acc"] >= COPY_ACC_MILESTONE),
+            "latest": {k: latest[k] for k in (mk.STEP, mk.COPY_ACC, mk.COPY_GAIN, mk.COPY_CONTROL_ACC)},
+            "best_acc": {mk.STEP: best_acc[mk.STEP], mk.COPY_ACC: best_acc[mk.COPY_ACC]},
+            "best_gain": {mk.STEP: best_gain[mk.STEP], mk.COPY_GAIN: best_gain[mk.COPY_GAIN]},
+            "acc_50_step": first_step(evals, lambda r: r[mk.COPY_ACC] >= COPY_ACC_MILESTONE),
         }
     induction = None
     if evals:
         induction = {
             "threshold": induction_threshold,
             "onset_step": induction_onset_steps(evals, induction_threshold),
-            "latest_max": evals[-1]["induction_max"],
+            "latest_max": evals[-1][mk.best_head(mk.INDUCTION)],
         }
     return {
         "run_dir": str(run_dir),
@@ -129,19 +130,19 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTI
                    "tokens_per_step": config["batch_size"] * config["seq_len"] * config["grad_accum"] * world},
         "config_source": source,
         "config_json_differs": edited,
-        "progress": {"step": last["step"], "tokens": last["tokens"], "wall_s": wall_seconds(records),
+        "progress": {mk.STEP: last[mk.STEP], mk.TOKENS: last[mk.TOKENS], "wall_s": wall_seconds(records),
                      "metrics_lines": len(records), "unreadable_lines": unreadable,
                      "damaged_lines": damaged_lines, "last_line_cut": last_line_cut,
                      "last_write_s_ago": time.time() - metrics_file.stat().st_mtime
                      if metrics_file.is_file() else None},
-        "tokens_per_s": sum(recent) / len(recent) if recent else None,
+        mk.TOKENS_PER_S: sum(recent) / len(recent) if recent else None,
         "copy": copy,
-        "induction": induction,
+        mk.INDUCTION: induction,
         "checkpoints": checkpoints,
         "resumable": bool(good),  # config.json is there, or we would not have got here
         "checksums": run.has_checksums(),
         "finished": final is not None,
-        "final_step": final["step"] if final else None,
+        "final_step": final[mk.STEP] if final else None,
         "tensorboard": (run_dir / "tb").is_dir(),
     }
 
@@ -167,7 +168,7 @@ def format_report(r: dict) -> str:
         f"recipe    lr {rec['lr']:g} {rec['schedule']}, warmup {rec['warmup_steps']}, weight decay "
         f"{rec['weight_decay']:g}, dropout {rec['dropout']:g}; {rec['batch_size']} x {rec['seq_len']} tokens x "
         f"{rec['grad_accum']} accum x {rec['world_size']} rank(s) = {rec['tokens_per_step']:,} tokens/step",
-        f"progress  step {p['step']:,} of {rec['max_steps']:,} ({100 * p['step'] / rec['max_steps']:.0f}%), "
+        f"progress  step {p[mk.STEP]:,} of {rec['max_steps']:,} ({100 * p[mk.STEP] / rec['max_steps']:.0f}%), "
         f"{p['tokens'] / 1e6:.1f}M tokens, {_duration(p['wall_s'])} of training"
         + (f"; metrics.jsonl last written {_duration(p['last_write_s_ago'])} ago"
            if p["last_write_s_ago"] is not None else "; no metrics.jsonl yet")
@@ -177,18 +178,18 @@ def format_report(r: dict) -> str:
     if r["config_json_differs"]:
         lines.append(f"config    from the {r['config_source']}; config.json says otherwise for "
                      f"{', '.join(r['config_json_differs'])} (a resume follows the checkpoint)")
-    if r["tokens_per_s"] is not None:
-        lines.append(f"speed     {r['tokens_per_s']:,.0f} tokens/s (mean of the last {RECENT_RECORDS} logged "
+    if r[mk.TOKENS_PER_S] is not None:
+        lines.append(f"speed     {r[mk.TOKENS_PER_S]:,.0f} tokens/s (mean of the last {RECENT_RECORDS} logged "
                      "intervals)")
     if r["copy"]:
         c = r["copy"]
         lines.append(
-            f"copy      latest acc {c['latest']['copy_acc']:.3f} (gain {c['latest']['copy_gain']:+.3f}, control "
-            f"{c['latest']['copy_control_acc']:.3f}) at step {c['latest']['step']:,} ({c['evals']} evals)\n"
-            f"          best acc {c['best_acc']['copy_acc']:.3f} at step {c['best_acc']['step']:,}; best gain "
-            f"{c['best_gain']['copy_gain']:+.3f} at step {c['best_gain']['step']:,}; acc first >= 50%: "
+            f"copy      latest acc {c['latest'][mk.COPY_ACC]:.3f} (gain {c['latest'][mk.COPY_GAIN]:+.3f}, control "
+            f"{c['latest'][mk.COPY_CONTROL_ACC]:.3f}) at step {c['latest'][mk.STEP]:,} ({c['evals']} evals)\n"
+            f"          best acc {c['best_acc'][mk.COPY_ACC]:.3f} at step {c['best_acc'][mk.STEP]:,}; best gain "
+            f"{c['best_gain'][mk.COPY_GAIN]:+.3f} at step {c['best_gain'][mk.STEP]:,}; acc first >= 50%: "
             f"{_step(c['acc_50_step'])}")
-        ind = r["induction"]
+        ind = r[mk.INDUCTION]
         lines.append(
             "induction onset (first eval where the layer's best head scores >= "
             f"{ind['threshold']:g}; --induction-threshold): "
@@ -196,11 +197,11 @@ def format_report(r: dict) -> str:
             + "\n          latest best head per layer: " + ", ".join(f"{v:.2f}" for v in ind["latest_max"]))
     else:
         lines.append("copy      no evals logged yet")
-    ckpts = ", ".join(f"step {c['step']:,} ({c['bytes'] / 1e6:.1f} MB)" + (" DAMAGED" if c["problem"] else "")
+    ckpts = ", ".join(f"step {c[mk.STEP]:,} ({c['bytes'] / 1e6:.1f} MB)" + (" DAMAGED" if c["problem"] else "")
                       for c in r["checkpoints"]) or "none"
     good = [c for c in r["checkpoints"] if c["problem"] is None]
     lines.append(f"checkpoints {ckpts}; resumable: "
-                 + (f"yes, from step {good[-1]['step']:,}" if r["resumable"] else "no")
+                 + (f"yes, from step {good[-1][mk.STEP]:,}" if r["resumable"] else "no")
                  + ("" if r["checksums"] or not r["checkpoints"] else " (no checksums: written by an older grokcopy)"))
     lines += [f"          {c['problem']}" for c in r["checkpoints"] if c["problem"]]
     if r["finished"]:

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from grokcopy.evals import metric_keys as mk
+
 
 def noise_scale(g2_small: float, g2_big: float, b_small: float, b_big: float) -> tuple[float, float, float]:
     """(B_simple, |G|^2, tr(Sigma)) from mean squared gradient norms at two batch sizes."""
@@ -49,6 +51,6 @@ class NoiseScaleMeter:
             return {}
         b_simple, g2, trace = noise_scale(self.sums[0] / self.steps, self.sums[1] / self.steps, self.b_small,
                                           self.b_big)
-        result = {"noise_scale": b_simple, "grad_sq": g2, "grad_trace_cov": trace, "noise_scale_steps": self.steps}
+        result = {mk.NOISE_SCALE: b_simple, mk.GRAD_SQ: g2, mk.GRAD_TRACE_COV: trace, mk.NOISE_SCALE_STEPS: self.steps}
         self.sums, self.steps = [0.0, 0.0], 0
         return result

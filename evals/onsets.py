@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from grokcopy.evals import metric_keys as mk
+
 PLATEAU_SMOOTH = 3  # evals in the trailing mean
 PLATEAU_WINDOW = 5  # evals looked ahead
 PLATEAU_REL_DROP = 0.01  # less than 1% further drop over the window = plateau
@@ -41,12 +43,12 @@ def half_max_step(steps: list[int], values: list[float]) -> int | None:
 
 def copy_token_gain(record: dict) -> float:
     """Token-level copy accuracy above the control's (the control has no earlier copy to read)."""
-    return record["copy_token_acc"] - record["copy_control_token_acc"]
+    return record[mk.COPY_TOKEN_ACC] - record[mk.COPY_CONTROL_TOKEN_ACC]
 
 
 def eval_records(records: list[dict]) -> list[dict]:
     """The records that carry eval results (train.py logs them every eval_every steps)."""
-    return [r for r in records if "copy_gain" in r]
+    return [r for r in records if mk.COPY_GAIN in r]
 
 
 def smoothed(values: list[float], smooth: int) -> np.ndarray:
@@ -81,10 +83,10 @@ def copy_onset_step(records: list[dict], *, smooth: int = COPY_SMOOTH, min_gain:
                     ) -> int | None:
     """First eval step whose smoothed copy gain is >= half its run maximum (None: maximum < min_gain)."""
     evals = eval_records(records)
-    gain = centred([r["copy_gain"] for r in evals], smooth)
+    gain = centred([r[mk.COPY_GAIN] for r in evals], smooth)
     if len(gain) == 0 or gain.max() < min_gain:
         return None
-    return half_max_step([r["step"] for r in evals], gain.tolist())
+    return half_max_step([r[mk.STEP] for r in evals], gain.tolist())
 
 
 def copy_surge_step(records: list[dict], *, level: float = COPY_SURGE_LEVEL, smooth: int = COPY_SMOOTH
@@ -92,7 +94,7 @@ def copy_surge_step(records: list[dict], *, level: float = COPY_SURGE_LEVEL, smo
     """First eval step whose smoothed token-level copy gain is >= `level`."""
     evals = eval_records(records)
     gain = centred([copy_token_gain(r) for r in evals], smooth)
-    return next((r["step"] for r, g in zip(evals, gain, strict=True) if g >= level), None)
+    return next((r[mk.STEP] for r, g in zip(evals, gain, strict=True) if g >= level), None)
 
 
 def induction_onset_steps(records: list[dict], threshold: float = INDUCTION_THRESHOLD) -> list[int | None]:
@@ -101,8 +103,8 @@ def induction_onset_steps(records: list[dict], threshold: float = INDUCTION_THRE
     if not evals:
         return []
     onsets: list[int | None] = []
-    for layer in range(len(evals[0]["induction_max"])):
-        onsets.append(next((r["step"] for r in evals if r["induction_max"][layer] >= threshold), None))
+    for layer in range(len(evals[0][mk.best_head(mk.INDUCTION)])):
+        onsets.append(next((r[mk.STEP] for r in evals if r[mk.best_head(mk.INDUCTION)][layer] >= threshold), None))
     return onsets
 
 
@@ -110,7 +112,7 @@ def run_onsets(records: list[dict], threshold: float = INDUCTION_THRESHOLD) -> d
     """{"plateau", "copy_onset", "copy_surge": step, "induction_onsets": [step per layer]} (None: not reached)."""
     evals = eval_records(records)
     return {
-        "plateau": loss_plateau_step([r["step"] for r in evals], [r["val_loss"] for r in evals]),
+        "plateau": loss_plateau_step([r[mk.STEP] for r in evals], [r[mk.VAL_LOSS] for r in evals]),
         "copy_onset": copy_onset_step(records),
         "copy_surge": copy_surge_step(records),
         "induction_onsets": induction_onset_steps(records, threshold),

@@ -21,14 +21,15 @@ import sys
 from pathlib import Path
 
 from grokcopy.cli import run_cli
+from grokcopy.evals import metric_keys as mk
 from grokcopy.evals.curves import plot_overlay, pyplot
 from grokcopy.evals.onsets import COPY_SURGE_LEVEL, INDUCTION_THRESHOLD, copy_token_gain, eval_records, run_onsets
 from grokcopy.model.run_dir import RunDir
 
 # the layer x step panels of <run>-layers.png, drawn when the records have the key
-LAYER_SCORES = (("induction_max", "induction (repeated random tokens)"),
-                ("previous_token_max", "previous token (val text)"),
-                ("prefix_matching_max", "prefix matching (val text)"),
+LAYER_SCORES = ((mk.best_head(mk.INDUCTION), "induction (repeated random tokens)"),
+                (mk.best_head(mk.PREVIOUS_TOKEN), "previous token (val text)"),
+                (mk.best_head(mk.PREFIX_MATCHING), "prefix matching (val text)"),
                 ("train_previous_token_max", "previous token (training batches, --train-stats-every)"),
                 ("train_prefix_matching_max", "prefix matching (training batches, --train-stats-every)"))
 
@@ -43,17 +44,17 @@ def plot_run(records: list[dict], onsets: dict, path: Path, title: str) -> None:
     """Val loss (left axis) and copy acc / gain (right axis) against steps; plateau and onset marked."""
     plt = pyplot()
     evals = eval_records(records)
-    steps = [r["step"] for r in evals]
+    steps = [r[mk.STEP] for r in evals]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    ax.plot(steps, [r["val_loss"] for r in evals], color="tab:blue", lw=2, label="val loss")
+    ax.plot(steps, [r[mk.VAL_LOSS] for r in evals], color="tab:blue", lw=2, label="val loss")
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("val loss", color="tab:blue")
     right = ax.twinx()
-    right.plot(steps, [r["copy_acc"] for r in evals], color="tab:red", lw=2, label="copy acc")
-    right.plot(steps, [r["copy_gain"] for r in evals], color="tab:red", lw=1, ls="--", label="copy gain")
+    right.plot(steps, [r[mk.COPY_ACC] for r in evals], color="tab:red", lw=2, label="copy acc")
+    right.plot(steps, [r[mk.COPY_GAIN] for r in evals], color="tab:red", lw=1, ls="--", label="copy gain")
     token_gain = [copy_token_gain(r) for r in evals]
     right.plot(steps, token_gain, color="tab:orange", lw=1.5, label="copy token gain")
-    top = max(0.3, *token_gain, *[r["copy_acc"] for r in evals])
+    top = max(0.3, *token_gain, *[r[mk.COPY_ACC] for r in evals])
     right.set_ylim(-0.05 * top, 1.1 * top)
     right.set_ylabel("copy accuracy / gain", color="tab:red")
     marks = (("plateau", "loss plateau", "tab:blue", 0.97), ("copy_onset", "copy onset", "tab:red", 0.8),
@@ -94,12 +95,12 @@ def plot_layer_heatmaps(records: list[dict], onsets: list[int | None], path: Pat
                              sharex=True, squeeze=False)
     for ax, (key, label, rows) in zip(axes[:, 0], panels, strict=True):
         grid = [[r[key][layer] for r in rows] for layer in range(layers)]
-        mesh = ax.pcolormesh(column_edges([r["step"] for r in rows]), range(layers + 1), grid, vmin=0, vmax=1,
+        mesh = ax.pcolormesh(column_edges([r[mk.STEP] for r in rows]), range(layers + 1), grid, vmin=0, vmax=1,
                              cmap="viridis")
         ax.set_yticks([i + 0.5 for i in range(layers)], [f"layer {i}" for i in range(layers)], fontsize=8)
         ax.set_title(label, fontsize=9)
         fig.colorbar(mesh, ax=ax, label="best head", pad=0.01)
-        if key != "induction_max":
+        if key != mk.best_head(mk.INDUCTION):
             continue
         for layer, onset in enumerate(onsets):
             if onset is not None:
@@ -186,7 +187,7 @@ def seed_spread(rows: list[dict]) -> list[str]:
              "| LR | batch | wd | dropout | layers | seeds | loss plateau | copy onset | copy surge | final copy acc |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for key, group in groups.items():
-        accs = [r["copy_acc"] for r in group]
+        accs = [r[mk.COPY_ACC] for r in group]
         lines.append(f"| {key[0]:g} | {key[1]} | {key[2]:g} | {key[3]:g} | {key[4]} | "
                      f"{', '.join(str(r['seed']) for r in group)} | {spread([r['plateau'] for r in group])} | "
                      f"{spread([r['copy_onset'] for r in group])} | {spread([r['copy_surge'] for r in group])} | "
@@ -214,15 +215,15 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
         last = evals[-1]
         rows.append({"name": name, "lr": config["lr"], "batch": config["batch_size"] * config.get("grad_accum", 1)
                      * config.get("world_size", 1), "weight_decay": config["weight_decay"],
-                     "dropout": config["model"]["dropout"], "step": last["step"], "val_loss": last["val_loss"],
-                     "copy_acc": last["copy_acc"], "copy_gain": last["copy_gain"],
+                     "dropout": config["model"]["dropout"], mk.STEP: last[mk.STEP], mk.VAL_LOSS: last[mk.VAL_LOSS],
+                     mk.COPY_ACC: last[mk.COPY_ACC], mk.COPY_GAIN: last[mk.COPY_GAIN],
                      "copy_token_gain": copy_token_gain(last), "seed": config.get("seed", 0),
                      "n_layers": config["model"].get("n_layers"),
-                     "noise_scale": next((r["noise_scale"] for r in reversed(evals) if "noise_scale" in r), None),
+                     mk.NOISE_SCALE: next((r[mk.NOISE_SCALE] for r in reversed(evals) if mk.NOISE_SCALE in r), None),
                      **onsets})
     if not rows:
         raise ValueError("none of the run directories has eval records")
-    plot_overlay(runs, out / "overlay-steps.png", x="step")
+    plot_overlay(runs, out / "overlay-steps.png", x=mk.STEP)
     plot_overlay(runs, out / "overlay-tokens.png", x="tokens")
     figures = ["overlay-steps.png", "overlay-tokens.png"]
     if len({r["lr"] for r in rows}) > 1:
@@ -246,7 +247,7 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
     for r in rows:
         layers = ", ".join(_fmt(s) for s in r["induction_onsets"])
         lines.append(f"| {r['name']} | {r['lr']:g} | {r['batch']} | {r['weight_decay']:g} | {r['dropout']:g} "
-                     f"| {r['step']} | {r['val_loss']:.3f} | {r['copy_acc']:.2f} | {r['copy_gain']:+.2f} "
+                     f"| {r[mk.STEP]} | {r[mk.VAL_LOSS]:.3f} | {r[mk.COPY_ACC]:.2f} | {r[mk.COPY_GAIN]:+.2f} "
                      f"| {r['copy_token_gain']:+.2f} | {_fmt(r['plateau'])} | {_fmt(r['copy_onset'])} "
                      f"| {_fmt(r['copy_surge'])} | {layers} |")
     lines += seed_spread(rows)

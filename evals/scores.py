@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+from grokcopy.evals import metric_keys as mk
 from grokcopy.evals.copying import make_repeat_batch, sequence_target_mass
 from grokcopy.evals.targets import induction_targets, previous_token_targets, second_copy_targets
 
@@ -63,11 +64,11 @@ def text_scores(model, text_tokens: torch.Tensor, device) -> dict:
 
     Keys: previous_token, prefix_matching ([layers][heads]) and <key>_max ([layers]).
     """
-    return as_lists({"previous_token": previous_token_scores(model, text_tokens, device),
-                     "prefix_matching": prefix_matching_scores(model, text_tokens, device)})
+    return as_lists({mk.PREVIOUS_TOKEN: previous_token_scores(model, text_tokens, device),
+                     mk.PREFIX_MATCHING: prefix_matching_scores(model, text_tokens, device)})
 
 
-TEXT_SCORES = ("previous_token", "prefix_matching")  # the target columns of text_targets, in order
+TEXT_SCORES = (mk.PREVIOUS_TOKEN, mk.PREFIX_MATCHING)  # the target columns of text_targets, in order
 
 
 def text_targets(tokens: torch.Tensor) -> torch.Tensor:
@@ -96,7 +97,7 @@ def attention_scores(model, text_tokens: torch.Tensor, vocab_size: int, device, 
     Keys: induction, previous_token, prefix_matching, and <key>_max ([layers]).
     """
     induction = induction_scores(model, vocab_size, text_tokens.shape[1], device, low=low)
-    return {**as_lists({"induction": induction}), **text_scores(model, text_tokens, device)}
+    return {**as_lists({mk.INDUCTION: induction}), **text_scores(model, text_tokens, device)}
 
 
 def as_lists(scores: dict[str, torch.Tensor]) -> dict:

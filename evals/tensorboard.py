@@ -15,9 +15,10 @@ from __future__ import annotations
 import importlib.util
 import os
 
+from grokcopy.evals import metric_keys as mk
 from grokcopy.evals.curves import pyplot
 
-EVAL_KEYS = ("val_loss", "repeat_acc")
+EVAL_KEYS = (mk.VAL_LOSS, mk.REPEAT_ACC)
 
 
 def tensorboard_available() -> bool:
@@ -30,7 +31,7 @@ def scalar_tags(record: dict) -> dict[str, float]:
     for key, value in record.items():
         if key.endswith("_max") and isinstance(value, list):  # best head per layer of a score
             scalars.update({f"{key}/layer_{i}": float(v) for i, v in enumerate(value)})
-        elif key != "step" and isinstance(value, int | float):
+        elif key != mk.STEP and isinstance(value, int | float):
             group = "copy" if key.startswith("copy_") else "eval" if key in EVAL_KEYS else "train"
             scalars[f"{group}/{key}"] = float(value)
     return scalars
@@ -69,11 +70,11 @@ class TensorBoardLog:
         self.writer = SummaryWriter(str(log_dir), purge_step=purge_step)
 
     def write(self, record: dict) -> None:
-        step = record["step"]
+        step = record[mk.STEP]
         for tag, value in scalar_tags(record).items():
             self.writer.add_scalar(tag, value, step)
-        if "induction" in record:
-            self.writer.add_figure("induction/heads", induction_figure(record["induction"], step), step)
+        if mk.INDUCTION in record:
+            self.writer.add_figure("induction/heads", induction_figure(record[mk.INDUCTION], step), step)
         # flushed every record, so a killed run loses nothing that metrics.jsonl has
         self.writer.flush()
 

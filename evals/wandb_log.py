@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import uuid
 
+from grokcopy.evals import metric_keys as mk
 from grokcopy.evals.tensorboard import scalar_tags
 from grokcopy.model.run_dir import RunDir
 
@@ -37,10 +38,10 @@ class WandbLog:
 
     def write(self, record: dict) -> None:
         data = scalar_tags(record)
-        if "induction" in record:  # the layer x head matrix, as TensorBoard's induction/heads image
+        if mk.INDUCTION in record:  # the layer x head matrix, as TensorBoard's induction/heads image
             data["induction/heads"] = self.wandb.Table(
-                columns=[f"head {h}" for h in range(len(record["induction"][0]))], data=record["induction"])
-        self.run.log(data, step=record["step"])
+                columns=[f"head {h}" for h in range(len(record[mk.INDUCTION][0]))], data=record[mk.INDUCTION])
+        self.run.log(data, step=record[mk.STEP])
 
     def close(self) -> None:
         self.run.finish()

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from grokcopy.data.atomic import write_atomically
+from grokcopy.evals import metric_keys as mk
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)\.pt$")
 CHECKSUMS = "SHA256SUMS"
@@ -176,7 +177,7 @@ class RunDir:
                 record = json.loads(line)
             except json.JSONDecodeError:
                 record = None
-            ok = isinstance(record, dict) and isinstance(record.get("step"), int)
+            ok = isinstance(record, dict) and isinstance(record.get(mk.STEP), int)
             lines.append((line, record if ok else None))
         return lines
 
@@ -200,7 +201,7 @@ class RunDir:
         lines = self._metrics_lines()
         if lines and lines[-1][1] is None:
             lines = lines[:-1]
-        kept = [raw for raw, r in lines if r is None or r["step"] <= step]
+        kept = [raw for raw, r in lines if r is None or r[mk.STEP] <= step]
         while kept and kept[-1] in {raw for raw, r in lines if r is None}:  # nothing after it was kept
             kept.pop()
         text = "".join(raw + "\n" for raw in kept)
