@@ -13,9 +13,10 @@ bytes; shared memory is Triton's own launch requirement (metadata.shared, dynami
 Occupancy is computed for an H100 SM: 65,536 registers (allocated per warp in units of 256), 64
 resident warps, 32 blocks, 228 KB of shared memory (227 KB at most per block, 1 KB reserved per
 block). The shapes are the model's: attention bf16 at head dim 64 (T = 1024) and 128 (T = 4096),
-plain and with statistics (2 targets, as --train-stats-every uses); RMSNorm at D = 768, 4096, 8192
-and 11008 (not a model width: it shows where the row-in-registers design stops); SwiGLU at I = 3072
-and 11008.
+plain and with statistics (2 targets, as --train-stats-every uses), each through pointers and through
+TMA descriptors (USE_TMA; the `tma` column says whether the PTX really issues cp.async.bulk.tensor);
+RMSNorm at D = 768, 4096, 8192 and 11008 (not a model width: it shows where the row-in-registers
+design stops); SwiGLU at I = 3072 and 11008.
 
 Needs triton's NVIDIA backend (the CPU wheel has it) and no GPU; TRITON_INTERPRET must be unset.
 """
@@ -93,6 +94,8 @@ def compile_only(record: list, compile: bool = True):
         self.nargs = dict(zip(self.arg_names, args, strict=False))
         kept = self.prune_configs(kwargs)
         for config in self.configs:
+            if config.pre_hook is not None:  # e.g. the TMA descriptors' block shapes follow the tile
+                config.pre_hook({**self.nargs, **kwargs, **config.all_kwargs()})
             self.fn.run(*args, warmup=True, pickable=config in kept, **{**kwargs, **config.all_kwargs()})
 
     previous_driver = driver._active  # None until first use; reset_active() would build a CUDA driver
@@ -123,6 +126,9 @@ def launch_model_shapes() -> None:
         targets = torch.zeros(1, T, 2, dtype=torch.int64)
         out, lse, _, _ = flash_attention_forward(q, k, v, causal=True)
         flash_attention_forward(q, k, v, causal=True, targets=targets)
+        # the opt-in TMA-descriptor forward (GROKCOPY_ATTENTION_TMA=1), plain and with statistics
+        flash_attention_forward(q, k, v, causal=True, use_tma=True)
+        flash_attention_forward(q, k, v, causal=True, targets=targets, use_tma=True)
         flash_attention_backward(out, q, k, v, out, lse, causal=True)
     for D in NORM_WIDTHS:
         x, w = torch.empty(16, D, dtype=bf16), torch.empty(D, dtype=bf16)
@@ -200,6 +206,7 @@ def variant_row(name: str, kwargs: dict, kernel, ptxas: str) -> dict:
            "pickable": kwargs["pickable"], "launch": [list(kv) for kv in variant_key(name, kwargs)[1]],
            "num_warps": warps, "num_stages": kernel.metadata.num_stages, "shared": kernel.metadata.shared}
     row.update(ptxas_report(kernel.asm["ptx"], ptxas))
+    row["tma"] = "cp.async.bulk.tensor" in kernel.asm["ptx"]  # the copy engine moves tiles (Hopper TMA)
     row["fits"] = row["shared"] <= SM90["smem_per_block"]
     row["spills"] = bool(row.get("spill_stores") or row.get("spill_loads"))
     if "registers" in row:
@@ -245,11 +252,12 @@ def write_markdown(table: dict, path: Path) -> None:
              "| kernel | constexprs | warps | stages | regs | spill st/ld B | shared KB | blocks/SM | occupancy |",
              "|---|---|---|---|---|---|---|---|---|"]
     skip = {"kernel", "pickable", "launch", "num_warps", "num_stages", "shared", "registers", "spill_stores",
-            "spill_loads", "stack_frame", "fits", "spills", "blocks_per_sm", "occupancy", "limited_by", "ptxas_error"}
+            "spill_loads", "stack_frame", "fits", "spills", "blocks_per_sm", "occupancy", "limited_by", "ptxas_error",
+            "tma"}
     for r in sorted(rows, key=lambda r: (r["kernel"], json.dumps({k: r[k] for k in r if k not in skip}))):
         consts = " ".join(f"{k}={v}" for k, v in r.items() if k not in skip)
         flag = (" **spills**" if r["spills"] else "") + (" **> 227 KB**" if not r["fits"] else "")
-        name = r["kernel"] + ("" if r["pickable"] else " (pruned)")
+        name = r["kernel"] + ("" if r["pickable"] else " (pruned)") + (" [TMA]" if r.get("tma") else "")
         lines.append(f"| {name} | {consts} | {r['num_warps']} | {r['num_stages']} | {r.get('registers', '?')} "
                      f"| {r.get('spill_stores', 0)}/{r.get('spill_loads', 0)}{flag} | {r['shared'] / 1024:.1f} | "
                      f"{r.get('blocks_per_sm', '?')} | {r.get('occupancy', 0):.2f} ({r.get('limited_by', '')}) |")

@@ -188,3 +188,25 @@ def test_stats_overhead(T, D, causal, measure, benchmark, cuda_device):
     overhead = ms / _measured_ms[key]
     benchmark.extra_info["overhead_vs_plain_forward"] = overhead
     assert overhead <= MAX_STATS_OVERHEAD, f"T={T} D={D} causal={causal}: stats forward {overhead:.2f}x plain"
+
+
+@pytest.mark.parametrize("T,D,causal", CASES)
+def test_tma_forward(T, D, causal, measure, benchmark, cuda_device):
+    """The opt-in TMA-descriptor forward (GROKCOPY_ATTENTION_TMA=1) against the pointer forward, both
+    our forward kernel without autograd: it becomes the default only where this ratio is > 1."""
+    from grokcopy.kernels.flash_attention import _tma_descriptors, flash_attention_forward
+
+    if torch.cuda.get_device_capability(cuda_device)[0] < 9:
+        pytest.skip("TMA needs compute capability >= 9 (Hopper)")
+    q, k, v = (t.detach().transpose(1, 2) for t in make_inputs(T, D, cuda_device))
+    assert _tma_descriptors(q, k, v, torch.empty_like(q), True) is not None
+    flops = attention_flops(T, D, causal, "fwd")
+    ms = measure(warmed(lambda: flash_attention_forward(q, k, v, causal=causal, use_tma=True)),
+                 bytes_moved(T, D, "fwd"), flops=flops, provider="triton_tma", pass_="fwd",
+                 seq_len=T, head_dim=D, causal=causal)
+    pointer_ms = do_bench(warmed(lambda: flash_attention_forward(q, k, v, causal=causal, use_tma=False)),
+                          return_mode="median")
+    benchmark.extra_info["speedup_vs_pointer_forward"] = pointer_ms / ms
+    torch.testing.assert_close(flash_attention_forward(q, k, v, causal=causal, use_tma=True)[0],
+                               flash_attention_forward(q, k, v, causal=causal, use_tma=False)[0])
+    assert pointer_ms / ms >= MIN_RATIO_VS_SDPA_FLASH, f"T={T} D={D}: TMA forward {pointer_ms / ms:.2f}x pointers"

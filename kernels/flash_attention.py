@@ -32,6 +32,13 @@ Public lse is natural log.
 Statistics (`flash_attention_with_stats`) come from the same forward kernel with WITH_STATS=True:
 entropy and per-target attention mass are accumulated online alongside m and l (see
 `_fwd_tile_loop`), so they cost a few extra vector ops per tile and no T x S memory.
+
+TMA (opt-in, GROKCOPY_ATTENTION_TMA=1 on Hopper or newer, or `use_tma=True`): the forward moves its
+q, k, v and out tiles through host-built tensor descriptors instead of per-element pointer tiles
+(USE_TMA, one constexpr in the same kernel; `_load_tile`). Hopper's copy engine then computes the
+addresses and the bounds, which frees the registers the pointer tiles hold (the static sm_90a table
+compares both). It stays opt-in until a GPU measures it faster (bench/test_attention.py
+test_tma_forward); the interpreter tests check it gives the pointer path's bits.
 """
 
 from __future__ import annotations
@@ -77,12 +84,22 @@ def _autotuned(configs: list[triton.Config]) -> list[triton.Config]:
     return configs[:1] if os.environ.get("GROKCOPY_AUTOTUNE", "1") == "0" else configs
 
 
+def _set_descriptor_blocks(nargs: dict) -> None:
+    """Autotune pre-hook of the forward: a TMA descriptor's block shape is the launch config's tile."""
+    if nargs.get("QD") is None:
+        return
+    bm, bn, bd = nargs["BLOCK_M"], nargs["BLOCK_N"], nargs["BLOCK_D"]
+    nargs["QD"].block_shape = nargs["OD"].block_shape = [1, 1, bm, bd]
+    nargs["KD"].block_shape = nargs["VD"].block_shape = [1, 1, bn, bd]
+
+
 def _fwd_configs() -> list[triton.Config]:
     if interpreting():
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=1, num_stages=1,
+                              pre_hook=_set_descriptor_blocks)]
     shapes = [(64, 64, 4), (128, 128, 8), (128, 64, 8), (128, 64, 4), (128, 32, 4), (64, 32, 4)]
     return _autotuned([
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_set_descriptor_blocks)
         for bm, bn, w in shapes
         for s in (2, 3, 4)
     ])
@@ -122,15 +139,19 @@ def _prune_spilling(configs: list[triton.Config], named_args: dict, **kwargs) ->
       spill (24-196 bytes in the forward, 8 in dq); the statistics add per-row state on top, so
       with statistics the query tile stays at 64 rows whatever the warps (spills up to ~1 KB);
     - a 128 x 128 tile at head dim 128 with 4 pipeline stages asks for 288 KB of shared memory
-      (227 KB is the most a block may have on Hopper), so it never launches.
+      (227 KB is the most a block may have on Hopper), so it never launches;
+    - through TMA descriptors (USE_TMA) the pointer tiles leave the registers: 128 query rows then
+      fit on 4 warps without statistics (at most 252 registers, no spill at head dim 128), and with
+      statistics on 8 warps (174-255 registers, no spill); on 4 warps they still spill (108-380 B).
     """
     head_dim, with_stats = kwargs.get("HEAD_DIM", 0), kwargs.get("WITH_STATS", False)
+    use_tma = kwargs.get("USE_TMA", False)
 
     def keep(c: triton.Config) -> bool:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if with_stats and bm > 64:
+        if with_stats and bm > 64 and not (use_tma and c.num_warps >= 8):
             return False
-        if bm >= 128 and c.num_warps < 8 and head_dim >= 128:
+        if bm >= 128 and c.num_warps < 8 and head_dim >= 128 and not (use_tma and not with_stats):
             return False
         return not (head_dim >= 128 and bm * bn >= 128 * 128 and c.num_stages > 3)
 
@@ -182,6 +203,19 @@ def _load_rows(ptrs, rows, n_rows, offs_d, CHECK_ROWS: tl.constexpr, HEAD_DIM: t
 
 
 @triton.jit
+def _load_tile(desc, b, h, start, ptrs, rows, n_rows, offs_d, CHECK_ROWS: tl.constexpr, HEAD_DIM: tl.constexpr,
+               BLOCK_D: tl.constexpr, BLOCK_R: tl.constexpr, USE_TMA: tl.constexpr):
+    """Rows [start, start + BLOCK_R) of head (b, h): through the TMA descriptor `desc` of the whole
+    [B, H, T, D] tensor when USE_TMA (the copy engine fills rows past the end and columns past D
+    with 0, so no mask), else through `ptrs` (see _load_rows)."""
+    if USE_TMA:
+        x = desc.load([b, h, start, 0]).reshape(BLOCK_R, BLOCK_D)
+    else:
+        x = _load_rows(ptrs, rows, n_rows, offs_d, CHECK_ROWS, HEAD_DIM, BLOCK_D)
+    return x
+
+
+@triton.jit
 def _store_rows(ptrs, x, rows, n_rows, offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
     """Store a [R, BLOCK_D] tile, skipping padded rows and padded head-dim columns."""
     if HEAD_DIM == BLOCK_D:
@@ -218,10 +252,11 @@ def _key_ranges(start_m, T, S, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOC
 
 @triton.jit
 def _fwd_tile_loop(acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base, stride_ks, stride_vs,
-                   offs_m, offs_d, lo, hi, T, S, qk_scale,
+                   KD, VD, b, kvh, offs_m, offs_d, lo, hi, T, S, qk_scale,
                    MASKED: tl.constexpr, CAUSAL: tl.constexpr, WITH_STATS: tl.constexpr,
                    N_TARGETS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
-                   BLOCK_N: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr):
+                   BLOCK_N: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                   USE_TMA: tl.constexpr):
     """Stream key tiles [lo, hi) past one query tile, updating the online-softmax state.
 
     State per query row, all fp32 in registers:
@@ -239,8 +274,8 @@ def _fwd_tile_loop(acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base
     for start_n in range(lo, hi, BLOCK_N):
         start_n = tl.multiple_of(start_n, BLOCK_N)
         cols = start_n + offs_n
-        k = _load_rows(k_base + cols[:, None] * stride_ks, cols, S, offs_d,
-                       MASKED, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
+        k = _load_tile(KD, b, kvh, start_n, k_base + cols[:, None] * stride_ks, cols, S, offs_d,
+                       MASKED, HEAD_DIM, BLOCK_D, BLOCK_N, USE_TMA).to(DOT_DTYPE)
         s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N] fp32
         if MASKED:
             # Only tiles on the causal diagonal or past S get here; all others skip the select.
@@ -269,8 +304,8 @@ def _fwd_tile_loop(acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base
                     tgt_k = tl.sum(tl.where(offs_k[None, :] == kk, tgt, 0), 1)  # column kk: [BLOCK_M]
                     p_k = tl.sum(tl.where(cols[None, :] == tgt_k[:, None], p, 0.0), 1)
                     tmass_i += tl.where(offs_k[None, :] == kk, p_k[:, None], 0.0)
-        v = _load_rows(v_base + cols[:, None] * stride_vs, cols, S, offs_d,
-                       MASKED, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
+        v = _load_tile(VD, b, kvh, start_n, v_base + cols[:, None] * stride_vs, cols, S, offs_d,
+                       MASKED, HEAD_DIM, BLOCK_D, BLOCK_N, USE_TMA).to(DOT_DTYPE)
         acc = tl.dot(p.to(DOT_DTYPE), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
         l_i = l_new
         m_i = m_new
@@ -281,7 +316,7 @@ def _fwd_tile_loop(acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base
                  prune_configs_by={"early_config_prune": _prune_spilling})
 @triton.jit
 def flash_attention_fwd_kernel(
-    Q, K, V, Out, Lse, Entropy, TargetMass, Targets,
+    Q, K, V, Out, Lse, Entropy, TargetMass, Targets, QD, KD, VD, OD,
     stride_qb, stride_qh, stride_qt, stride_qd,
     stride_kb, stride_kh, stride_ks, stride_kd,
     stride_vb, stride_vh, stride_vs, stride_vd,
@@ -291,14 +326,17 @@ def flash_attention_fwd_kernel(
     LEN_BUCKET,
     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, CAUSAL: tl.constexpr,
     WITH_STATS: tl.constexpr, N_TARGETS: tl.constexpr, TARGETS_BLOCK: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr, USE_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """One program: BLOCK_M query rows of one (batch, query head). Grid (B * Hq, cdiv(T, BLOCK_M)).
 
     Lse/Entropy are contiguous fp32 [B, Hq, T]; TargetMass contiguous fp32 [B, Hq, T, N_TARGETS];
     Targets int32 [B, T, N_TARGETS] with unit last stride (-1: none). Stats pointers are unused
-    unless WITH_STATS.
+    unless WITH_STATS. With USE_TMA, q, k, v and out move through the TMA descriptors QD, KD, VD, OD
+    of the same tensors (4-D, block [1, 1, tile rows, BLOCK_D]; see `_tma_descriptors`) instead of
+    per-element pointers: the copy engine computes the addresses and bounds, which frees the
+    registers that the pointer tiles hold; otherwise they are None.
     """
     pid_bh = tl.program_id(0)
     if CAUSAL:
@@ -320,8 +358,8 @@ def flash_attention_fwd_kernel(
     v_base = _head_base(V, b, kvh, stride_vb, stride_vh) + offs_d[None, :] * stride_vd
 
     # The q tile is loaded once and stays in registers for the whole key loop.
-    q = _load_rows(_tile(q_base, offs_m, offs_d, stride_qt, stride_qd), offs_m, T,
-                   offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
+    q = _load_tile(QD, b, h, start_m, _tile(q_base, offs_m, offs_d, stride_qt, stride_qd), offs_m, T,
+                   offs_d, True, HEAD_DIM, BLOCK_D, BLOCK_M, USE_TMA).to(DOT_DTYPE)
     qk_scale = softmax_scale * LOG2E  # fold log2(e) in: exp(s) = 2^(s * log2(e))
 
     # The running max starts finite on purpose: a row whose keys so far are all masked keeps
@@ -350,18 +388,22 @@ def flash_attention_fwd_kernel(
     full_hi, hi = _key_ranges(start_m, T, S, CAUSAL, BLOCK_M, BLOCK_N)
     acc, l_i, m_i, ent_i, tmass_i = _fwd_tile_loop(
         acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base, stride_ks, stride_vs,
-        offs_m, offs_d, 0, full_hi, T, S, qk_scale,
-        False, CAUSAL, WITH_STATS, N_TARGETS, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_DTYPE, DOT_PRECISION)
+        KD, VD, b, kvh, offs_m, offs_d, 0, full_hi, T, S, qk_scale,
+        False, CAUSAL, WITH_STATS, N_TARGETS, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_DTYPE, DOT_PRECISION, USE_TMA)
     acc, l_i, m_i, ent_i, tmass_i = _fwd_tile_loop(
         acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base, stride_ks, stride_vs,
-        offs_m, offs_d, full_hi, hi, T, S, qk_scale,
-        True, CAUSAL, WITH_STATS, N_TARGETS, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_DTYPE, DOT_PRECISION)
+        KD, VD, b, kvh, offs_m, offs_d, full_hi, hi, T, S, qk_scale,
+        True, CAUSAL, WITH_STATS, N_TARGETS, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_DTYPE, DOT_PRECISION, USE_TMA)
 
     # Epilogue: normalise. l_i == 0 only for rows that saw no key (causal with T > S): output 0.
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
     out = acc / l_safe[:, None]
-    _store_rows(_tile(_head_base(Out, b, h, stride_ob, stride_oh), offs_m, offs_d, stride_ot, stride_od),
-                cast_rne(out, Out.dtype.element_ty), offs_m, T, offs_d, HEAD_DIM, BLOCK_D)
+    out = cast_rne(out, Out.dtype.element_ty)
+    if USE_TMA:  # rows past T and columns past D are clipped by the copy engine
+        OD.store([b, h, start_m, 0], out.reshape(1, 1, BLOCK_M, BLOCK_D))
+    else:
+        _store_rows(_tile(_head_base(Out, b, h, stride_ob, stride_oh), offs_m, offs_d, stride_ot, stride_od),
+                    out, offs_m, T, offs_d, HEAD_DIM, BLOCK_D)
     row_mask = offs_m < T
     stat_offs = pid_bh.to(tl.int64) * T + offs_m
     # Natural-log lse; -inf for rows that saw no key (written out rather than as log2(0)).
@@ -665,6 +707,7 @@ def flash_attention_forward(
     lse: torch.Tensor | None = None,
     entropy: torch.Tensor | None = None,
     target_mass: torch.Tensor | None = None,
+    use_tma: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
     """Run the forward kernel (no autograd). Returns (out, lse, entropy, target_mass).
 
@@ -673,7 +716,8 @@ def flash_attention_forward(
     (implied by `targets`), entropy is fp32 [B, Hq, T] and target_mass fp32 [B, Hq, T, K] for
     integer `targets` [B, T, K] of key indices (any index outside [0, S), e.g. -1, means none);
     otherwise both are None. Optional output buffers are written in full (lse/entropy/target_mass
-    must be contiguous).
+    must be contiguous). `use_tma`: move q, k, v and out through TMA descriptors (see
+    `_tma_descriptors`); None takes GROKCOPY_ATTENTION_TMA=1 on a Hopper-or-newer GPU, else off.
     """
     name = "flash_attention"
     scale = _check_attention_inputs(name, q, k, v, softmax_scale)
@@ -710,9 +754,11 @@ def flash_attention_forward(
     tgt_arg = targets if n_targets > 0 else lse
     stride_tb, stride_tt = (targets.stride(0), targets.stride(1)) if n_targets > 0 else (0, 0)
 
+    descriptors = _tma_descriptors(q, k, v, out, use_tma)
+
     grid = lambda meta: (B * Hq, triton.cdiv(T, meta["BLOCK_M"]))
     flash_attention_fwd_kernel[grid](
-        q, k, v, out, lse, ent_arg, tm_arg, tgt_arg,
+        q, k, v, out, lse, ent_arg, tm_arg, tgt_arg, *(descriptors or (None,) * 4),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         stride_tb, stride_tt,
         Hq, Hq // Hkv, T, S, scale,
@@ -720,9 +766,35 @@ def flash_attention_forward(
         HEAD_DIM=D, BLOCK_D=triton.next_power_of_2(D), CAUSAL=bool(causal),
         WITH_STATS=with_stats, N_TARGETS=n_targets,
         TARGETS_BLOCK=triton.next_power_of_2(max(n_targets, 1)),
-        DOT_DTYPE=dot_dtype(q.dtype), DOT_PRECISION=_dot_precision(q.dtype),
+        DOT_DTYPE=dot_dtype(q.dtype), DOT_PRECISION=_dot_precision(q.dtype), USE_TMA=descriptors is not None,
     )
     return out, lse, entropy, target_mass
+
+
+def _tma_descriptors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+                     use_tma: bool | None) -> tuple | None:
+    """Host-side TMA descriptors of the 4-D q, k, v, out (the tiles are set per launch config by
+    `_set_descriptor_blocks`), or None to use pointers.
+
+    Opt-in: `use_tma=True`, or None with GROKCOPY_ATTENTION_TMA=1 on a compute capability >= 9 GPU.
+    It becomes the default only once a GPU measures it faster than the pointer path. A layout that
+    the copy engine cannot address (head dim not unit-stride, another stride or the base not a
+    multiple of 16 bytes) falls back to pointers.
+    """
+    if use_tma is None:
+        use_tma = (os.environ.get("GROKCOPY_ATTENTION_TMA", "0") == "1" and q.is_cuda
+                   and torch.cuda.get_device_capability(q.device)[0] >= 9)
+    if not use_tma:
+        return None
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor
+    except ImportError:  # a Triton without host-side descriptors
+        return None
+    for t in (q, k, v, out):
+        if t.stride(-1) != 1 or t.data_ptr() % 16 or any(st * t.element_size() % 16 for st in t.stride()[:-1]):
+            return None
+    block_d = triton.next_power_of_2(q.shape[-1])
+    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, 16, block_d]) for t in (q, k, v, out))
 
 
 def _dot_precision(dtype: torch.dtype) -> str:

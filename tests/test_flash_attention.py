@@ -204,3 +204,44 @@ def test_opcheck(with_targets):
     dout = torch.randn_like(out)
     torch.library.opcheck(torch.ops.grokcopy.flash_attention_bwd.default,
                           (dout, q.detach(), k.detach(), v.detach(), out, lse, True, None))
+
+
+@pytest.mark.parametrize(
+    "B,Hq,Hkv,T,S,D,causal,dtype,layout,scale", CASES,
+    ids=[f"T{c[3]}-S{c[4]}-D{c[5]}-{'causal' if c[6] else 'full'}-{str(c[7])[6:]}-{c[8]}" for c in CASES],
+)
+def test_tma_forward_equals_pointer_forward(B, Hq, Hkv, T, S, D, causal, dtype, layout, scale):
+    """The TMA-descriptor path reads the same tiles (zero-filled past T and D where the pointer path
+    masks to 0), so under the interpreter it must give the same bits, statistics included (on a GPU,
+    where another instruction schedule may round differently, within the output tolerance)."""
+    from grokcopy.kernels.flash_attention import _tma_descriptors
+
+    q, k, v = (t.detach() for t in make_qkv(B, Hq, Hkv, T, S, D, dtype, layout))
+    targets = torch.randint(-1, S, (B, T, 2), device=DEVICE)
+    out_probe = torch.empty(B, T, Hq, D, dtype=dtype, device=DEVICE).transpose(1, 2)
+    assert _tma_descriptors(q, k, v, out_probe, True) is not None  # this layout does take the TMA path
+    for kwargs in ({}, {"targets": targets}):
+        pointer = flash_attention_forward(q, k, v, causal=causal, softmax_scale=scale, use_tma=False, **kwargs)
+        tma = flash_attention_forward(q, k, v, causal=causal, softmax_scale=scale, use_tma=True, **kwargs)
+        for a, b in zip(pointer, tma, strict=True):
+            assert (a is None) == (b is None)
+            if a is not None and DEVICE == "cpu":
+                assert torch.equal(a, b)
+            elif a is not None:
+                assert_close(b, a.double(), TOL[dtype]["out"], "tma")
+
+
+def test_tma_is_opt_in_and_falls_back_on_layouts_the_copy_engine_cannot_address(monkeypatch):
+    from grokcopy.kernels.flash_attention import _tma_descriptors
+
+    q, k, v = (t.detach() for t in make_qkv(1, 2, 2, 17, 17, 32, torch.float32))
+    out = torch.empty_like(q)
+    assert _tma_descriptors(q, k, v, out, None) is None  # off unless asked for
+    monkeypatch.setenv("GROKCOPY_ATTENTION_TMA", "1")
+    assert _tma_descriptors(q, k, v, out, None) is None if not q.is_cuda else True  # a GPU only
+    # a base 4 bytes past a 16-byte boundary: no descriptor, and the pointer path gives the answer
+    shifted = torch.randn(1 * 2 * 17 * 32 + 1, device=DEVICE)[1:].view(1, 2, 17, 32)
+    assert _tma_descriptors(shifted, k, v, out, True) is None
+    got, _, _, _ = flash_attention_forward(shifted, k, v, causal=True, use_tma=True)
+    assert_close(got, reference_fwd_bwd(shifted, k, v, torch.zeros_like(out), True)[0], TOL[torch.float32]["out"],
+                 "out")
