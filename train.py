@@ -43,7 +43,14 @@ from grokcopy.cli import run_cli
 from grokcopy.data import Corpus, CorpusError, DataError, WindowSampler, open_corpus
 from grokcopy.data.prepare import ensure_default_corpus
 from grokcopy.evals import metric_keys as mk
-from grokcopy.evals.copying import MIN_SEQ_LEN, copy_metrics, load_or_make_copy_cases, make_repeat_batch, repeat_metrics
+from grokcopy.evals.copying import (
+    MIN_SEQ_LEN,
+    copy_metrics,
+    load_or_make_copy_cases,
+    make_repeat_batch,
+    repeat_metrics,
+    trained_tokens,
+)
 from grokcopy.evals.curves import plot_curves, run_summary
 from grokcopy.evals.noise_scale import NoiseScaleMeter
 from grokcopy.evals.scores import batch_text_scores, text_scores, text_targets
@@ -428,7 +435,8 @@ class EvalSet:
         eot = corpus.meta["tokenizer"]["eot_id"]
         self.copy_cases = load_or_make_copy_cases(run.copy_cases_path, corpus.val, seq_len, eot, save=master,
                                                   warn=log)
-        self.repeat_tokens, self.repeat_periods = make_repeat_batch(corpus.meta["vocab_size"], seq_len)
+        pool = trained_tokens(corpus.train, corpus.meta["vocab_size"], exclude=eot, at_least=seq_len // 2)
+        self.repeat_tokens, self.repeat_periods = make_repeat_batch(corpus.meta["vocab_size"], seq_len, tokens=pool)
         self.val_windows = WindowSampler(corpus.val, seq_len + 1, seed=999).next_batch(32)
 
 

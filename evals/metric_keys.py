@@ -65,7 +65,7 @@ DESCRIPTIONS: dict[str, str] = {
     COPY_TOKEN_ACC: "per-token accuracy over the 6-token suffix",
     COPY_CONTROL_TOKEN_ACC: "per-token accuracy over the suffix in the control",
     COPY_GAIN: "copy_acc - copy_control_acc",
-    REPEAT_ACC: "next-token accuracy over the second copy of repeated random tokens",
+    REPEAT_ACC: "next-token accuracy over the second copy of repeated random trained tokens",
     INDUCTION: "attention on the token after the previous occurrence, per layer and head",
     PREVIOUS_TOKEN: "attention on the previous token in held-out text, per layer and head",
     PREFIX_MATCHING: "attention on the token after an earlier occurrence in held-out text, per layer and head",

@@ -137,3 +137,17 @@ def test_half_max_step_and_summary(tmp_path):
     assert "copy onset (half of the maximum gain) at step 5" in text
     plot_curves(records, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+def test_trained_tokens_are_the_ids_seen_often_enough():
+    from grokcopy.evals.copying import trained_tokens
+
+    train = np.array([5] * 150 + [7] * 99 + [9] * 300 + [2] * 200 + [3])
+    np.testing.assert_array_equal(trained_tokens(train, 12), [2, 5, 9])
+    np.testing.assert_array_equal(trained_tokens(train, 12, exclude=2), [5, 9])  # the end-of-text id
+    np.testing.assert_array_equal(trained_tokens(train, 12, sample=150), [5])  # only the counted prefix
+    # too few qualify: the most frequent ones instead
+    np.testing.assert_array_equal(trained_tokens(train, 12, exclude=2, at_least=3), [5, 7, 9])
+    train = np.repeat(np.arange(10), [150, 150, 150, 150, 50, 150, 150, 150, 150, 150])
+    tokens, _ = make_repeat_batch(12, 16, n=8, tokens=trained_tokens(train, 12))
+    assert set(tokens.unique().tolist()) == {0, 1, 2, 3, 5, 6, 7, 8, 9}
