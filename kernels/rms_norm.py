@@ -25,6 +25,8 @@ the CPU interpreter; these kernels are fused already, so there is nothing for in
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
@@ -36,16 +38,59 @@ from grokcopy.kernels.reference import fused_add_rms_norm_reference, rms_norm_re
 # works (the widest rows spill part of it to local memory: slower, still correct); wider rows would
 # need a chunked two-pass kernel, so they are refused with a clear error instead.
 MAX_ROW = 65536
-# Elements per program: small rows are packed BLOCK_M to a tile so that each program still moves
-# a useful amount of memory (one 768-wide bf16 row is only 1.5 KiB). Chosen, not tuned on a GPU.
+# Launch configurations, autotuned on a GPU per row width (BLOCK_D), row-count bucket and dtypes.
+# TILE: elements per loop step of a program. Small rows are packed TILE // BLOCK_D to a tile so
+# that each step still moves a useful amount of memory (one 768-wide bf16 row is only 1.5 KiB);
+# a row wider than TILE is one tile. PROGRAMS_PER_SM (backward): programs per SM, each owning a
+# contiguous range of rows and writing one partial dweight row (see rms_norm_bwd_kernel).
+# The first config of each list is the one measured on an H100 on 2026-11-25 (bench/results/
+# h100-80gb-hbm3-2026-11-25: backward at 15% of copy bandwidth); the others trade warps per
+# program for more programs in flight, which a latency-bound row loop needs. GROKCOPY_AUTOTUNE=0
+# keeps only the first. The interpreter runs programs one after another: one config, and a
+# handful of backward programs are enough to exercise the partial-sum reduction across programs.
 TILE_ELEMENTS = 4096
-# Programs per SM in the backward pass, each owning a contiguous range of rows (see below).
-BWD_PROGRAMS_PER_SM = 2
-# The interpreter runs programs one after another, so a handful is enough to exercise the
-# partial-sum reduction of dweight across programs.
 INTERPRETER_BWD_PROGRAMS = 4
+_FWD_SHAPES = [(4096, 16), (4096, 8), (4096, 4), (2048, 8), (2048, 4), (8192, 16), (1024, 4)]  # (TILE, warps)
+_BWD_SHAPES = [(4096, 16, 2), (4096, 16, 4), (4096, 8, 4), (4096, 4, 8), (2048, 8, 8), (2048, 4, 8), (8192, 16, 2)]
+MAX_BWD_PROGRAMS_PER_SM = max(pps for _, _, pps in _BWD_SHAPES)
 
 
+def _autotuned(configs: list[triton.Config]) -> list[triton.Config]:
+    return configs[:1] if os.environ.get("GROKCOPY_AUTOTUNE", "1") == "0" else configs
+
+
+def _fwd_configs() -> list[triton.Config]:
+    if interpreting():
+        return [triton.Config({"TILE": TILE_ELEMENTS}, num_warps=1)]
+    return _autotuned([triton.Config({"TILE": tile}, num_warps=w) for tile, w in _FWD_SHAPES])
+
+
+def _bwd_configs() -> list[triton.Config]:
+    if interpreting():
+        return [triton.Config({"TILE": TILE_ELEMENTS, "PROGRAMS_PER_SM": INTERPRETER_BWD_PROGRAMS}, num_warps=1)]
+    return _autotuned([triton.Config({"TILE": tile, "PROGRAMS_PER_SM": pps}, num_warps=w)
+                       for tile, w, pps in _BWD_SHAPES])
+
+
+def _prune_by_thread_load(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
+    """Keep configs that give each thread 4 to 32 elements of a tile: fewer wastes lanes on masked
+    or idle work, more holds too many fp32 values of x, dy (and the residual) per thread and spills
+    (static sm_90a table: D = 11008 at 16 warps, 32 elements each, spills 376 B in the backward)."""
+    block_d = kwargs["BLOCK_D"]
+
+    def per_thread(c: triton.Config) -> int:
+        return max(c.kwargs["TILE"], block_d) // (c.num_warps * 32)
+
+    return [c for c in configs if 4 <= per_thread(c) <= 32] or configs[:1]
+
+
+def rows_per_tile(block_d: int, tile: int) -> int:
+    """BLOCK_M: rows packed into one tile of `tile` elements (at least one row)."""
+    return max(1, tile // block_d)
+
+
+@triton.autotune(configs=_fwd_configs(), key=["BLOCK_D", "ROWS_BUCKET", "HAS_RESIDUAL"],
+                 prune_configs_by={"early_config_prune": _prune_by_thread_load})
 @triton.jit
 def rms_norm_fwd_kernel(
     x_ptr,
@@ -60,9 +105,10 @@ def rms_norm_fwd_kernel(
     stride_y,
     stride_res_out,
     eps,
+    ROWS_BUCKET,
     HAS_RESIDUAL: tl.constexpr,
-    BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    TILE: tl.constexpr,
 ):
     """y = weight * round(x * rstd) for BLOCK_M whole rows, each read once and written once.
 
@@ -70,6 +116,7 @@ def rms_norm_fwd_kernel(
     stored; that rounded sum is what gets normalised, so y == rms_norm(new_residual). Each pointer
     keeps its own dtype (x bf16 and residual fp32, say); y is written in y_ptr's dtype.
     """
+    BLOCK_M: tl.constexpr = (TILE + BLOCK_D - 1) // BLOCK_D  # rows_per_tile: both are powers of two
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < n_cols
@@ -101,6 +148,8 @@ def rms_norm_fwd_kernel(
     tl.store(y_ptr + rows * stride_y + cols, cast_rne(normed * w, y_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.autotune(configs=_bwd_configs(), key=["BLOCK_D", "ROWS_BUCKET", "HAS_RESIDUAL_GRAD"],
+                 prune_configs_by={"early_config_prune": _prune_by_thread_load})
 @triton.jit
 def rms_norm_bwd_kernel(
     dy_ptr,
@@ -111,17 +160,18 @@ def rms_norm_bwd_kernel(
     dw_partial_ptr,
     n_rows,
     n_cols,
-    rows_per_program,
     stride_dy,
     stride_x,
     stride_dres,
     stride_dx,
     eps,
+    ROWS_BUCKET,
     HAS_RESIDUAL_GRAD: tl.constexpr,
-    BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    TILE: tl.constexpr,
+    PROGRAMS_PER_SM: tl.constexpr,
 ):
-    """dx for rows [pid * rows_per_program, ...) and this program's partial dweight.
+    """dx for this program's contiguous range of rows, and its partial dweight row.
 
     With n = x * rstd and g = dy * weight, the gradient of the normalisation is
         dx = rstd * (g - n * mean(g * n))
@@ -130,19 +180,23 @@ def rms_norm_bwd_kernel(
 
     dweight is a reduction over every row. Rather than atomics (contended, and their order makes
     the result non-deterministic) each program owns a contiguous range of rows, accumulates its
-    sum in fp32 registers and writes one partial row; the launcher adds the partial rows.
+    sum in fp32 registers and writes one partial row (zeros when its range is empty); the launcher
+    adds the partial rows. The ranges split the BLOCK_M-row blocks evenly over the grid, so no block
+    straddles two programs and the last programs may get fewer rows.
 
     With HAS_RESIDUAL_GRAD (the fused-add op) x is the new residual s = x_in + residual_in, and the
     gradient reaching s from its own use downstream is added: ds = dx_norm + dres.
     """
+    BLOCK_M: tl.constexpr = (TILE + BLOCK_D - 1) // BLOCK_D  # rows_per_tile: both are powers of two
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < n_cols
     w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
     dw_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
 
+    rows_per_program = tl.cdiv(tl.cdiv(n_rows, BLOCK_M), tl.num_programs(0)) * BLOCK_M
     first_row = pid * rows_per_program
-    for start in range(first_row, first_row + rows_per_program, BLOCK_M):
+    for start in range(first_row, tl.minimum(first_row + rows_per_program, n_rows), BLOCK_M):
         rows = start + tl.arange(0, BLOCK_M)
         mask = (rows < n_rows)[:, None] & col_mask[None, :]
         rows = rows.to(tl.int64)[:, None]
@@ -163,18 +217,6 @@ def rms_norm_bwd_kernel(
         tl.store(dx_ptr + rows * stride_dx + cols[None, :], cast_rne(dx, dx_ptr.dtype.element_ty), mask=mask)
 
     tl.store(dw_partial_ptr + pid * n_cols + cols, dw_acc, mask=col_mask)
-
-
-def _launch_config(n_cols: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_D, num_warps) for rows of `n_cols` elements; about 8 elements per thread.
-
-    Rows wider than 8192 hold more than 16 fp32 values of each of x, dy and dres per thread and the
-    backward spills on sm_90 (static table, D = 11008: 376 bytes at 16 warps, 148 at 32); no Llama's
-    model width is that wide (8192 at 70B), so the row-in-registers design stays."""
-    block_d = triton.next_power_of_2(n_cols)
-    block_m = max(1, TILE_ELEMENTS // block_d)
-    num_warps = min(16, max(1, block_m * block_d // 256))
-    return block_m, block_d, num_warps
 
 
 def _check(name: str, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None,
@@ -227,8 +269,9 @@ def rms_norm_forward(
     if n_rows == 0:
         return y, res_out
     res2 = as_rows(residual) if residual is not None else None
-    block_m, block_d, num_warps = _launch_config(n_cols)
-    rms_norm_fwd_kernel[(triton.cdiv(n_rows, block_m),)](
+    block_d = triton.next_power_of_2(n_cols)
+    grid = lambda meta: (triton.cdiv(n_rows, rows_per_tile(block_d, meta["TILE"])),)
+    rms_norm_fwd_kernel[grid](
         x2,
         res2,
         weight,
@@ -241,18 +284,22 @@ def rms_norm_forward(
         n_cols,
         n_cols,
         eps,
+        triton.next_power_of_2(n_rows),
         HAS_RESIDUAL=residual is not None,
-        BLOCK_M=block_m,
         BLOCK_D=block_d,
-        num_warps=num_warps,
     )
     return y, res_out
 
 
-def _bwd_programs(device: torch.device) -> int:
+def _sm_count(device: torch.device) -> int:
     if interpreting() or device.type != "cuda":
-        return INTERPRETER_BWD_PROGRAMS
-    return BWD_PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
+        return 1  # the interpreter's config asks for INTERPRETER_BWD_PROGRAMS programs "per SM"
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _bwd_programs(n_rows: int, block_d: int, meta: dict, sms: int) -> int:
+    """Programs of a backward launch: PROGRAMS_PER_SM per SM, at most one per BLOCK_M-row block."""
+    return min(triton.cdiv(n_rows, rows_per_tile(block_d, meta["TILE"])), meta["PROGRAMS_PER_SM"] * sms)
 
 
 def rms_norm_backward(
@@ -275,14 +322,12 @@ def rms_norm_backward(
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     if n_rows == 0:
         return dx, torch.zeros_like(weight)
-    block_m, block_d, num_warps = _launch_config(n_cols)
-    # Split the row blocks evenly over the programs; rows_per_program is a multiple of BLOCK_M so
-    # no block straddles two programs, and the last program may get fewer rows.
-    n_blocks = triton.cdiv(n_rows, block_m)
-    blocks_per_program = triton.cdiv(n_blocks, min(n_blocks, _bwd_programs(x.device)))
-    n_programs = triton.cdiv(n_blocks, blocks_per_program)
-    dw_partial = torch.empty((n_programs, n_cols), dtype=torch.float32, device=x.device)
-    rms_norm_bwd_kernel[(n_programs,)](
+    block_d, sms = triton.next_power_of_2(n_cols), _sm_count(x.device)
+    # One partial dweight row per program; the autotuner picks the program count with the config,
+    # so the buffer has room for the most any config launches and only the launched rows are summed.
+    most = min(n_rows, max(MAX_BWD_PROGRAMS_PER_SM, INTERPRETER_BWD_PROGRAMS) * sms)
+    dw_partial = torch.empty((most, n_cols), dtype=torch.float32, device=x.device)
+    rms_norm_bwd_kernel[lambda meta: (_bwd_programs(n_rows, block_d, meta, sms),)](
         dy2,
         x2,
         weight,
@@ -291,18 +336,17 @@ def rms_norm_backward(
         dw_partial,
         n_rows,
         n_cols,
-        blocks_per_program * block_m,
         dy2.stride(0),
         x2.stride(0),
         dres2.stride(0) if dres2 is not None else 0,
         n_cols,
         eps,
+        triton.next_power_of_2(n_rows),
         HAS_RESIDUAL_GRAD=residual_grad is not None,
-        BLOCK_M=block_m,
         BLOCK_D=block_d,
-        num_warps=num_warps,
     )
-    return dx, dw_partial.sum(dim=0).to(weight.dtype)
+    launched = _bwd_programs(n_rows, block_d, rms_norm_bwd_kernel.best_config.kwargs, sms)
+    return dx, dw_partial[:launched].sum(dim=0).to(weight.dtype)
 
 
 # ----------------------------------------------------------------------------------------------

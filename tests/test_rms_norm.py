@@ -314,3 +314,39 @@ def test_torch_compile_traces_without_graph_breaks():
     for a, b in zip((*out_eager, *grads_eager), (*out_compiled, *grads_compiled), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     torch.compiler.reset()
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="swaps the autotune list, which only the interpreter runs one by one")
+@pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "fused"])
+def test_every_gpu_launch_config_covers_every_row_once(monkeypatch, with_residual):
+    """The GPU's autotune lists, each config run alone under the interpreter with 3 stand-in SMs:
+    every row is normalised once and every program's partial dweight is summed, whatever the tile
+    (rows per tile) and programs per SM, for row counts that leave programs with no rows."""
+    import importlib
+
+    from triton import Config
+
+    module = importlib.import_module("grokcopy.kernels.rms_norm")  # the attribute is the function
+
+    monkeypatch.setattr(module, "_sm_count", lambda device: 3)
+    fwd, bwd = module.rms_norm_fwd_kernel, module.rms_norm_bwd_kernel
+    for (tile, w), (btile, bw, pps) in zip(module._FWD_SHAPES, module._BWD_SHAPES, strict=True):
+        monkeypatch.setattr(fwd, "configs", [Config({"TILE": tile}, num_warps=w)])
+        monkeypatch.setattr(bwd, "configs", [Config({"TILE": btile, "PROGRAMS_PER_SM": pps}, num_warps=bw)])
+        for shape in [(37, 768), (5, 4097), (2, 3)]:
+            x = make(shape, torch.float32).requires_grad_()
+            weight = make_weight(shape[-1], torch.float32).requires_grad_()
+            dy = make(shape, torch.float32)
+            x64, w64 = float64_leaf(x), float64_leaf(weight)
+            if with_residual:
+                res = make(shape, torch.float32).requires_grad_()
+                y, _ = fused_add_rms_norm(x, res, weight, 1e-6)
+                y64, _ = fused_add_rms_norm_reference(x64, float64_leaf(res), w64, 1e-6)
+            else:
+                y, y64 = rms_norm(x, weight, 1e-6), rms_norm_reference(x64, w64, 1e-6)
+            dx, dweight = torch.autograd.grad(y, (x, weight), dy)
+            dx64, dw64 = torch.autograd.grad(y64, (x64, w64), dy.double())
+            label = f"TILE {tile}/{btile} PROGRAMS_PER_SM {pps} shape {shape}"
+            assert_rel_close(y, y64, TOL[torch.float32], f"y, {label}")
+            assert_rel_close(dx, dx64, TOL[torch.float32], f"dx, {label}")
+            assert_rel_close(dweight, dw64, TOL[torch.float32], f"dweight, {label}")
