@@ -191,6 +191,22 @@ def test_every_shard_of_a_corpus_emptied_halved_swapped_or_removed(corpus, refer
 # kill -9 at every write, fsync, rename and delete
 
 
+class FileProxy:
+    """A file object that passes everything to the file it wraps; fault injectors override write."""
+
+    def __init__(self, f):
+        self._f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self._f.__exit__(*exc)
+
+    def __getattr__(self, name):
+        return getattr(self._f, name)
+
+
 def _run_killed_at(kill_at: int, argv: list[str]) -> str:
     """Run `main(argv)` in a forked child that SIGKILLs itself at its `kill_at`-th file-system
     event; returns "killed" or "completed"."""
@@ -230,25 +246,13 @@ def _arm_kill_switch(kill_at: int) -> None:
     def die() -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
-    class KillingFile:
-        def __init__(self, f):
-            self._f = f
-
+    class KillingFile(FileProxy):
         def write(self, b):
             if event():
                 self._f.write(b[: len(b) // 2])
                 self._f.flush()
                 die()
             return self._f.write(b)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self._f.__exit__(*exc)
-
-        def __getattr__(self, name):
-            return getattr(self._f, name)
 
     def before(fn):
         def wrapped(*args, **kwargs):
@@ -345,24 +349,12 @@ def full_disk_at(k: int, real_fdopen):
     """An os.fdopen whose files raise ENOSPC (without a file name, as a write does) at the k-th write."""
     count = [0]
 
-    class FullDisk:
-        def __init__(self, f):
-            self._f = f
-
+    class FullDisk(FileProxy):
         def write(self, b):
             count[0] += 1
             if count[0] == k:
                 raise OSError(errno.ENOSPC, "No space left on device")
             return self._f.write(b)
-
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *exc):
-            return self._f.__exit__(*exc)
-
-        def __getattr__(self, name):
-            return getattr(self._f, name)
 
     return lambda *args, **kwargs: FullDisk(real_fdopen(*args, **kwargs))
 
