@@ -30,8 +30,9 @@ Scores are handled in base 2 (exp2 is the hardware instruction): x = s * softmax
 Public lse is natural log.
 
 Statistics (`flash_attention_with_stats`) come from the same forward kernel with WITH_STATS=True:
-entropy and per-target attention mass are accumulated online alongside m and l (see
-`_fwd_tile_loop`), so they cost a few extra vector ops per tile and no T x S memory.
+the entropy is accumulated online alongside m and l (see `_fwd_tile_loop`), a few extra vector ops
+per tile; the attention mass on each target key is computed once after the loop from the final m
+and l and that key's score (`_store_target_mass`). No T x S memory either way.
 
 TMA (opt-in, GROKCOPY_ATTENTION_TMA=1 on Hopper or newer, or `use_tma=True`): the forward moves its
 q, k, v and out tiles through host-built tensor descriptors instead of per-element pointer tiles
@@ -136,22 +137,21 @@ def _prune_spilling(configs: list[triton.Config], named_args: dict, **kwargs) ->
 
     Rules read off the static sm_90a table (bench/results/static-sm90a, `python -m bench.static_sm90`):
     - 128 query rows on 4 warps hold 128 fp32 accumulator columns per thread at head dim 128, and
-      spill (24-196 bytes in the forward, 8 in dq); the statistics add per-row state on top, so
-      with statistics the query tile stays at 64 rows whatever the warps (spills up to ~1 KB);
+      spill through pointers (24-196 bytes in the forward, 8 in dq); through TMA descriptors
+      (USE_TMA) the pointer tiles leave the registers and they fit (at most 252, no spill);
+    - with statistics, 128 query rows need 8 warps either way (on 4 they spill 12-340 bytes), and
+      through pointers a 128 x 128 tile spills even then (36-128 bytes);
     - a 128 x 128 tile at head dim 128 with 4 pipeline stages asks for 288 KB of shared memory
-      (227 KB is the most a block may have on Hopper), so it never launches;
-    - through TMA descriptors (USE_TMA) the pointer tiles leave the registers: 128 query rows then
-      fit on 4 warps without statistics (at most 252 registers, no spill at head dim 128), and with
-      statistics on 8 warps (174-255 registers, no spill); on 4 warps they still spill (108-380 B).
+      (227 KB is the most a block may have on Hopper), so it never launches.
     """
     head_dim, with_stats = kwargs.get("HEAD_DIM", 0), kwargs.get("WITH_STATS", False)
     use_tma = kwargs.get("USE_TMA", False)
 
     def keep(c: triton.Config) -> bool:
         bm, bn = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
-        if with_stats and bm > 64 and not (use_tma and c.num_warps >= 8):
+        if with_stats and bm > 64 and (c.num_warps < 8 or (bn >= 128 and not use_tma)):
             return False
-        if bm >= 128 and c.num_warps < 8 and head_dim >= 128 and not (use_tma and not with_stats):
+        if bm >= 128 and c.num_warps < 8 and head_dim >= 128 and not use_tma:
             return False
         return not (head_dim >= 128 and bm * bn >= 128 * 128 and c.num_stages > 3)
 
@@ -251,10 +251,10 @@ def _key_ranges(start_m, T, S, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr, BLOC
 
 
 @triton.jit
-def _fwd_tile_loop(acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base, stride_ks, stride_vs,
+def _fwd_tile_loop(acc, l_i, m_i, ent_i, q, k_base, v_base, stride_ks, stride_vs,
                    KD, VD, b, kvh, offs_m, offs_d, lo, hi, T, S, qk_scale,
                    MASKED: tl.constexpr, CAUSAL: tl.constexpr, WITH_STATS: tl.constexpr,
-                   N_TARGETS: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+                   HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
                    BLOCK_N: tl.constexpr, DOT_DTYPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
                    USE_TMA: tl.constexpr):
     """Stream key tiles [lo, hi) past one query tile, updating the online-softmax state.
@@ -264,7 +264,6 @@ def _fwd_tile_loop(acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base
       l_i     sum_j 2^(x_j - m_i)                      (softmax denominator, relative to m_i)
       acc     sum_j 2^(x_j - m_i) v_j                  ([BLOCK_M, BLOCK_D])
       ent_i   sum_j 2^(x_j - m_i) (x_j - m_i)          (WITH_STATS: for the entropy)
-      tmass_i sum_j 2^(x_j - m_i) [j == target_k]      (WITH_STATS: [BLOCK_M, TARGETS_BLOCK])
     When the max moves from m to m', every sum is rescaled by alpha = 2^(m - m'); ent_i also shifts
     its reference point: sum 2^(x - m')(x - m') = alpha * (ent_i + (m - m') * l_i). Keeping ent_i
     relative to the running max (rather than summing p * s) avoids the cancellation of
@@ -295,21 +294,53 @@ def _fwd_tile_loop(acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base
             else:
                 p_x = p * x_rel
             ent_i = alpha * (ent_i + (m_i - m_new) * l_i) + tl.sum(p_x, 1)
-            if N_TARGETS > 0:
-                # Each target key lies in at most one tile: add its p where the column matches.
-                # One 2-D select-and-sum per target, in p's own register layout (a 3-D
-                # [BLOCK_M, BLOCK_N, K] compare would need layout shuffles through shared memory).
-                tmass_i = tmass_i * alpha[:, None]
-                for kk in tl.static_range(N_TARGETS):
-                    tgt_k = tl.sum(tl.where(offs_k[None, :] == kk, tgt, 0), 1)  # column kk: [BLOCK_M]
-                    p_k = tl.sum(tl.where(cols[None, :] == tgt_k[:, None], p, 0.0), 1)
-                    tmass_i += tl.where(offs_k[None, :] == kk, p_k[:, None], 0.0)
         v = _load_tile(VD, b, kvh, start_n, v_base + cols[:, None] * stride_vs, cols, S, offs_d,
                        MASKED, HEAD_DIM, BLOCK_D, BLOCK_N, USE_TMA).to(DOT_DTYPE)
         acc = tl.dot(p.to(DOT_DTYPE), v, acc * alpha[:, None], input_precision=DOT_PRECISION)
         l_i = l_new
         m_i = m_new
-    return acc, l_i, m_i, ent_i, tmass_i
+    return acc, l_i, m_i, ent_i
+
+
+@triton.jit
+def _store_target_mass(TargetMass, Targets, q_base, k_head, stride_qt, stride_qd, stride_ks, stride_kd, b,
+                       stat_offs, offs_m, m_i, l_i, stride_tb, stride_tt, T, S, qk_scale, CAUSAL: tl.constexpr,
+                       N_TARGETS: tl.constexpr, TARGETS_BLOCK: tl.constexpr, HEAD_DIM: tl.constexpr,
+                       BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Attention mass on each target key, written after the key loop from the final softmax state.
+
+    p_ij = 2^(x_ij - m_i) / l_i needs only the score of key j = target: one [BLOCK_M, D] gather of
+    the target keys and a row-wise dot with q per target, D multiply-adds per row. Accumulating it
+    inside the loop instead costs a compare, select and row sum over every [BLOCK_M, BLOCK_N] score
+    tile per target, i.e. T per row, which made the statistics forward 1.3-1.5x the plain one on
+    an H100. The score is the q . k of the loop in another summation order (fp32 either way), read
+    32 head dims at a time with q reloaded (L2-hot) rather than kept: a whole fp32 q tile and key
+    tile would hold 2 * BLOCK_M * D / threads registers each. A target outside [0, S) (folded to -1
+    by the launcher) or above the causal limit gets mass 0.
+    """
+    D_CHUNK: tl.constexpr = 32 if BLOCK_D > 32 else BLOCK_D
+    offs_c = tl.arange(0, D_CHUNK)
+    offs_k = tl.arange(0, TARGETS_BLOCK)
+    row_ok = offs_m < T
+    l_safe = tl.where(l_i > 0.0, l_i, 1.0)
+    tmass = tl.zeros([BLOCK_M, TARGETS_BLOCK], dtype=tl.float32)
+    for kk in tl.static_range(N_TARGETS):
+        tgt = tl.load(Targets + b.to(tl.int64) * stride_tb + offs_m * stride_tt + kk, mask=row_ok, other=-1)
+        visible = row_ok & (tgt >= 0) & (l_i > 0.0)
+        if CAUSAL:
+            visible = visible & (tgt <= offs_m + (S - T))
+        dot = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for d0 in tl.static_range(0, BLOCK_D, D_CHUNK):
+            cols = d0 + offs_c
+            mask = visible[:, None] & (cols[None, :] < HEAD_DIM)
+            q_c = tl.load(_tile(q_base, offs_m, cols, stride_qt, stride_qd), mask=mask, other=0.0).to(tl.float32)
+            k_c = tl.load(_tile(k_head, tgt, cols, stride_ks, stride_kd), mask=mask, other=0.0).to(tl.float32)
+            dot += tl.sum(q_c * k_c, 1)
+        x_t = dot * qk_scale
+        p_t = tl.exp2(tl.where(visible, x_t - m_i, float("-inf"))) / l_safe  # 0 where not visible
+        tmass += tl.where(offs_k[None, :] == kk, p_t[:, None], 0.0)
+    tl.store(TargetMass + stat_offs[:, None] * N_TARGETS + offs_k[None, :], tmass,
+             mask=row_ok[:, None] & (offs_k[None, :] < N_TARGETS))
 
 
 @triton.autotune(configs=_fwd_configs(), key=_TUNE_KEY + ["WITH_STATS", "N_TARGETS"],
@@ -369,14 +400,6 @@ def flash_attention_fwd_kernel(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     ent_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    tmass_i = tl.zeros([BLOCK_M, TARGETS_BLOCK], dtype=tl.float32)
-    offs_k = tl.arange(0, TARGETS_BLOCK)
-    if WITH_STATS and N_TARGETS > 0:
-        tgt_mask = (offs_m[:, None] < T) & (offs_k[None, :] < N_TARGETS)
-        tgt = tl.load(Targets + b.to(tl.int64) * stride_tb + offs_m[:, None] * stride_tt + offs_k[None, :],
-                      mask=tgt_mask, other=-1)
-    else:
-        tgt = tl.full([BLOCK_M, TARGETS_BLOCK], -1, dtype=tl.int32)
 
     # Two passes over the keys. First the whole tiles that every row of this tile may see: no mask.
     # Then the few tiles that the causal diagonal (or the end of S) cuts through: masked. Tiles above
@@ -386,14 +409,14 @@ def flash_attention_fwd_kernel(
     # fraction of it, yet with 128-query and 64-key tiles at T = 4096 only 2 or 3 of the ~32 tiles
     # a query tile visits on average need one. Two loops also software-pipeline separately.
     full_hi, hi = _key_ranges(start_m, T, S, CAUSAL, BLOCK_M, BLOCK_N)
-    acc, l_i, m_i, ent_i, tmass_i = _fwd_tile_loop(
-        acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base, stride_ks, stride_vs,
+    acc, l_i, m_i, ent_i = _fwd_tile_loop(
+        acc, l_i, m_i, ent_i, q, k_base, v_base, stride_ks, stride_vs,
         KD, VD, b, kvh, offs_m, offs_d, 0, full_hi, T, S, qk_scale,
-        False, CAUSAL, WITH_STATS, N_TARGETS, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_DTYPE, DOT_PRECISION, USE_TMA)
-    acc, l_i, m_i, ent_i, tmass_i = _fwd_tile_loop(
-        acc, l_i, m_i, ent_i, tmass_i, q, tgt, offs_k, k_base, v_base, stride_ks, stride_vs,
+        False, CAUSAL, WITH_STATS, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_DTYPE, DOT_PRECISION, USE_TMA)
+    acc, l_i, m_i, ent_i = _fwd_tile_loop(
+        acc, l_i, m_i, ent_i, q, k_base, v_base, stride_ks, stride_vs,
         KD, VD, b, kvh, offs_m, offs_d, full_hi, hi, T, S, qk_scale,
-        True, CAUSAL, WITH_STATS, N_TARGETS, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_DTYPE, DOT_PRECISION, USE_TMA)
+        True, CAUSAL, WITH_STATS, HEAD_DIM, BLOCK_D, BLOCK_N, DOT_DTYPE, DOT_PRECISION, USE_TMA)
 
     # Epilogue: normalise. l_i == 0 only for rows that saw no key (causal with T > S): output 0.
     l_safe = tl.where(l_i > 0.0, l_i, 1.0)
@@ -414,9 +437,9 @@ def flash_attention_fwd_kernel(
         entropy = (tl.log2(l_safe) - ent_i / l_safe) * LN2
         tl.store(Entropy + stat_offs, entropy, mask=row_mask)
         if N_TARGETS > 0:
-            tmass = tmass_i / l_safe[:, None]
-            tl.store(TargetMass + stat_offs[:, None] * N_TARGETS + offs_k[None, :], tmass,
-                     mask=row_mask[:, None] & (offs_k[None, :] < N_TARGETS))
+            _store_target_mass(TargetMass, Targets, q_base, _head_base(K, b, kvh, stride_kb, stride_kh), stride_qt,
+                               stride_qd, stride_ks, stride_kd, b, stat_offs, offs_m, m_i, l_i, stride_tb, stride_tt,
+                               T, S, qk_scale, CAUSAL, N_TARGETS, TARGETS_BLOCK, HEAD_DIM, BLOCK_D, BLOCK_M)
 
 
 # --------------------------------------------------------------------------------------------------
