@@ -103,6 +103,9 @@ class TrainConfig:
     beta2: float = 0.95
     eps: float = 1e-8
     grad_clip: float = 1.0
+    # every window (training, validation and the copy/repeat evals) starts with the corpus's
+    # end-of-text token, an attention sink at position 0 for heads that have nothing to attend to
+    sink: bool = False
     seed: int = 0
     log_every: int = 10
     eval_every: int = 500
