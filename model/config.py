@@ -171,17 +171,19 @@ class Preset:
 
 
 PRESETS: dict[str, Preset] = {
-    # The embedded default for the 2-core CPU, chosen by the searches in docs/TINY.md (the last:
-    # "Issue 15, round 2"). Three layers, not two: the previous-token head forms in layer 1 and the
+    # The embedded default for the 2-core CPU, chosen by the searches in docs/TINY.md (the last: its
+    # "Issue 15" section). Three layers, not two: the previous-token head forms in layer 1 and the
     # induction head needs a layer after it (4 layers or 4 heads cost more per step and surged no
     # earlier). init_std 0.006 instead of 0.02: the surge moves from ~5,300 to ~2,400 steps (0.002
     # is too small). LR 1e-2 at batch 8 (2e-2 stalled on seed 1), cosine to lr/10 (sharpens the
     # copying after the surge). sink: every window starts with the end-of-text token, an attention
-    # sink; with it the surge came at 1,800-2,400 steps and exact copy at the end rose 1.2-1.7x on
-    # the same seeds. BPE-1024: the same cost per token as 512, 1.2x the text per token.
-    # attention="torch": plain-math attention is 1.07x faster than sdpa on the CPU. max_steps and
+    # sink; with it the surge came at 1,800-2,700 steps on 5 of 6 seed x thread runs (one at 4,200)
+    # and the median exact copy at the end rose from 0.105 to 0.145. BPE-1024: the same cost per
+    # token as 512, 1.2x the text per token. attention="torch": plain-math attention is 1.07x
+    # faster than sdpa on the CPU. max_steps and
     # eval_every keep the whole README command (corpus preparation included) under 10 minutes on
-    # one thread of a quiet 2-core x86 CPU (7.6 min measured).
+    # one thread of a quiet 2-core x86 CPU (7.6 min measured for this recipe without the sink,
+    # which costs nothing per step).
     "tiny": Preset(
         model=LlamaConfig(vocab_size=1024, n_layers=3, n_heads=2, d_model=64, d_mlp=256, context=256,
                           init_std=0.006, attention="torch"),
