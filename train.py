@@ -45,6 +45,7 @@ from grokcopy.data.prepare import ensure_default_corpus
 from grokcopy.evals import metric_keys as mk
 from grokcopy.evals.copying import (
     MIN_SEQ_LEN,
+    CopyCases,
     copy_metrics,
     load_or_make_copy_cases,
     make_repeat_batch,
@@ -431,13 +432,20 @@ class EvalSet:
     validation windows. Every rank evaluates (an FSDP forward is a collective, so all ranks must
     take part); the inputs are deterministic, so all ranks compute the same numbers."""
 
-    def __init__(self, run: RunDir, corpus: Corpus, seq_len: int, master: bool, log):
+    def __init__(self, run: RunDir, corpus: Corpus, seq_len: int, master: bool, log, sink: bool = False):
         eot = corpus.meta["tokenizer"]["eot_id"]
         self.copy_cases = load_or_make_copy_cases(run.copy_cases_path, corpus.val, seq_len, eot, save=master,
                                                   warn=log)
+        # with a sink, the same copy cases get it in front (their input is then seq_len tokens long),
+        # and the repeated-token sequences are made one token shorter to make room for it
         pool = trained_tokens(corpus.train, corpus.meta["vocab_size"], exclude=eot, at_least=seq_len // 2)
-        self.repeat_tokens, self.repeat_periods = make_repeat_batch(corpus.meta["vocab_size"], seq_len, tokens=pool)
-        self.val_windows = WindowSampler(corpus.val, seq_len + 1, seed=999).next_batch(32)
+        self.repeat_tokens, self.repeat_periods = make_repeat_batch(corpus.meta["vocab_size"], seq_len - sink,
+                                                                    tokens=pool)
+        if sink:
+            front = lambda a: np.concatenate([np.full((len(a), 1), eot, dtype=np.int64), a], axis=1)  # noqa: E731
+            self.copy_cases = CopyCases(front(self.copy_cases.copy), front(self.copy_cases.control))
+            self.repeat_tokens = torch.as_tensor(front(self.repeat_tokens.numpy()))
+        self.val_windows = WindowSampler(corpus.val, seq_len + 1, seed=999, sink=eot if sink else None).next_batch(32)
 
 
 @torch.no_grad()
@@ -595,7 +603,8 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
     log = (lambda *a: None) if not master else (lambda *a: print(*a, flush=True))
     data_dir, corpus = load_corpus(cfg, model_cfg, world, master)
     run, resume = open_run_dir(cfg, model_cfg, data_dir, corpus, world, master, log)
-    sampler = WindowSampler(corpus.train, cfg.seq_len + 1, seed=cfg.seed, rank=rank, world_size=world)
+    sampler = WindowSampler(corpus.train, cfg.seq_len + 1, seed=cfg.seed, rank=rank, world_size=world,
+                            sink=corpus.meta["tokenizer"]["eot_id"] if cfg.sink else None)
     model, train_model, optimizer = build_model(cfg, model_cfg, device, world, resume.state is None, log)
     step, tokens, per_step = resume.step, resume.tokens, tokens_per_step(cfg, world)
     if resume.state is not None:
@@ -603,7 +612,7 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
         log(f"resuming {run.path} from step {step}")
     del resume
     metrics = MetricsLog(run, sinks(cfg, model_cfg, run, step)) if master else None
-    evals = EvalSet(run, corpus, cfg.seq_len, master, log)
+    evals = EvalSet(run, corpus, cfg.seq_len, master, log, sink=cfg.sink)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.dtype in ("auto", "bf16"))
     save = lambda: save_checkpoint(run, model, optimizer, sampler, cfg, model_cfg, step, tokens, world, master)  # noqa: E731
     stop, progress, clock = StopSignal(), Progress(cfg, step, master), Throughput()

@@ -22,9 +22,11 @@ class WindowSampler:
         window: tokens per window, seq_len + 1 (inputs and shifted targets).
         seed: seeds every epoch's offset and order; the same on all ranks.
         rank, world_size: this process's DDP rank and the number of ranks.
+        sink: a token id that replaces each window's first token (an attention sink); None: none.
     """
 
-    def __init__(self, dataset, window: int, *, seed: int, rank: int = 0, world_size: int = 1):
+    def __init__(self, dataset, window: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                 sink: int | None = None):
         if window < 2:
             raise ValueError(f"window must be >= 2 tokens (seq_len + 1), got {window}")
         if not 0 <= rank < world_size:
@@ -34,6 +36,7 @@ class WindowSampler:
         self.seed = seed
         self.rank = rank
         self.world_size = world_size
+        self.sink = sink
         # Windows per epoch, chosen so that any offset in [0, window) still fits.
         self.n_windows = (len(dataset) - window + 1) // window
         self.per_rank = self.n_windows // world_size
@@ -75,7 +78,10 @@ class WindowSampler:
     def next_batch(self, batch_size: int) -> np.ndarray:
         """The next `batch_size` windows as an int64 array of shape [batch_size, window]."""
         starts = self.next_starts(batch_size)
-        return np.stack([self.dataset.read(int(s), self.window) for s in starts]).astype(np.int64)
+        batch = np.stack([self.dataset.read(int(s), self.window) for s in starts]).astype(np.int64)
+        if self.sink is not None:
+            batch[:, 0] = self.sink
+        return batch
 
     def state_dict(self) -> dict:
         return {

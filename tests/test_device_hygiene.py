@@ -17,6 +17,8 @@ ALLOWED = {
     ("model/llama.py", "torch.ones(dim)"): "a parameter at construction; the module is moved with .to(device)",
     ("evals/copying.py", "torch.as_tensor(tokens)"): "make_repeat_batch returns host data; callers move it",
     ("evals/copying.py", "torch.as_tensor(periods)"): "make_repeat_batch returns host data; callers move it",
+    ("train.py", "torch.as_tensor(front(self.repeat_tokens.numpy()))"): "the repeat batch (host data, with the sink "
+                                                                           "in front); repeat_metrics moves it",
 }
 
 

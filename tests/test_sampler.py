@@ -66,3 +66,10 @@ def test_resume_refuses_a_different_layout(dataset):
 def test_too_small_dataset_is_an_error(dataset):
     with pytest.raises(ValueError, match="too few for one window"):
         WindowSampler(dataset, 4000, seed=0, world_size=2)
+
+
+def test_sink_replaces_each_windows_first_token(dataset):
+    plain = WindowSampler(dataset, 33, seed=3).next_batch(8)
+    sunk = WindowSampler(dataset, 33, seed=3, sink=7).next_batch(8)
+    assert (sunk[:, 0] == 7).all()
+    np.testing.assert_array_equal(sunk[:, 1:], plain[:, 1:])  # same windows, same order

@@ -185,6 +185,16 @@ def test_bf16_production_path_trains(corpus, tmp_path, flags):
     assert ("copy_acc" in records[-1]) == ("--compile" not in flags)
 
 
+def test_sink_trains_and_evaluates_with_the_sink_in_front(corpus, tmp_path):
+    out = tmp_path / "run"
+    proc = run_train([*SMALL, "--data", str(corpus), "--max-steps", "2", "--eval-every", "2", "--sink",
+                      "--out", str(out)])
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert json.loads((out / "config.json").read_text())["sink"] is True
+    last = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    assert 0 <= last["copy_acc"] <= 1 and 0 <= last["repeat_acc"] <= 1 and math.isfinite(last["val_loss"])
+
+
 def run_main(argv, capsys):
     code = train.main(argv)
     return code, capsys.readouterr().err
