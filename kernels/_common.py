@@ -16,6 +16,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 
+def autotuned(configs: list[triton.Config]) -> list[triton.Config]:
+    """A kernel's autotune list, or only its first config under GROKCOPY_AUTOTUNE=0: a GPU test run
+    then compiles one kernel per shape instead of tuning dozens (correctness does not depend on the
+    config), and a resume repeats the tiles of the run it continues, so it stays bit-identical."""
+    return configs[:1] if os.environ.get("GROKCOPY_AUTOTUNE", "1") == "0" else configs
+
+
 def dot_dtype(dtype: torch.dtype) -> tl.dtype:
     """Operand dtype for `tl.dot` on blocks loaded from tensors of `dtype`.
 

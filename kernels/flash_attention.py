@@ -51,7 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
-from grokcopy.kernels._common import cast_rne, check_inputs, dot_dtype, interpreting
+from grokcopy.kernels._common import autotuned, cast_rne, check_inputs, dot_dtype, interpreting
 from grokcopy.kernels.reference import AttentionStats, attention_reference, attention_stats_reference
 
 __all__ = [
@@ -75,14 +75,8 @@ LN2: tl.constexpr = tl.constexpr(0.6931471805599453)  # ln(2): base-2 logs -> na
 # Launch configurations. One visible list per kernel; the interpreter gets a single small config
 # (autotuning there would re-run every config through Python), with BLOCK_M != BLOCK_N so the tests
 # exercise the index arithmetic of unequal tiles, partial tiles and several tiles per row.
-#
-# GROKCOPY_AUTOTUNE=0 keeps only the first config of each list on a GPU: the native test suite then
-# compiles one kernel per shape instead of tuning dozens (correctness does not depend on the tile).
+# GROKCOPY_AUTOTUNE=0 keeps only the first config of each list on a GPU (`autotuned`).
 # --------------------------------------------------------------------------------------------------
-
-
-def _autotuned(configs: list[triton.Config]) -> list[triton.Config]:
-    return configs[:1] if os.environ.get("GROKCOPY_AUTOTUNE", "1") == "0" else configs
 
 
 def _set_descriptor_blocks(nargs: dict) -> None:
@@ -99,7 +93,7 @@ def _fwd_configs() -> list[triton.Config]:
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=1, num_stages=1,
                               pre_hook=_set_descriptor_blocks)]
     shapes = [(64, 64, 4), (128, 128, 8), (128, 64, 8), (128, 64, 4), (128, 32, 4), (64, 32, 4)]
-    return _autotuned([
+    return autotuned([
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_set_descriptor_blocks)
         for bm, bn, w in shapes
         for s in (2, 3, 4)
@@ -113,7 +107,7 @@ def _bwd_dkdv_configs() -> list[triton.Config]:
     # Four [BLOCK_N, D] tiles live in registers, so large BLOCK_N spills at D = 128 (ptxas, sm_90):
     # the list leans to small tiles; (32, 128, 8) is the fastest shape at D = 64 in the tutorial.
     shapes = [(32, 64, 8), (16, 32, 4), (32, 32, 4), (16, 64, 4), (64, 64, 8), (32, 128, 8)]
-    return _autotuned([
+    return autotuned([
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w in shapes
         for s in (2, 3)
@@ -125,7 +119,7 @@ def _bwd_dq_configs() -> list[triton.Config]:
     if interpreting():
         return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=1, num_stages=1)]
     shapes = [(64, 32, 4), (128, 32, 8), (128, 64, 8), (64, 64, 4), (128, 16, 4)]
-    return _autotuned([
+    return autotuned([
         triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
         for bm, bn, w in shapes
         for s in (2, 3, 4)

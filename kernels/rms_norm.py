@@ -25,13 +25,11 @@ the CPU interpreter; these kernels are fused already, so there is nothing for in
 
 from __future__ import annotations
 
-import os
-
 import torch
 import triton
 import triton.language as tl
 
-from grokcopy.kernels._common import SUPPORTED_FLOAT_DTYPES, as_rows, cast_rne, check_inputs, interpreting
+from grokcopy.kernels._common import SUPPORTED_FLOAT_DTYPES, as_rows, autotuned, cast_rne, check_inputs, interpreting
 from grokcopy.kernels.reference import fused_add_rms_norm_reference, rms_norm_reference  # noqa: F401 (re-exported)
 
 # A row lives in registers as one block of next_power_of_2(D) fp32 values. Up to this width that
@@ -55,20 +53,16 @@ _BWD_SHAPES = [(4096, 16, 2), (4096, 16, 4), (4096, 8, 4), (4096, 4, 8), (2048, 
 MAX_BWD_PROGRAMS_PER_SM = max(pps for _, _, pps in _BWD_SHAPES)
 
 
-def _autotuned(configs: list[triton.Config]) -> list[triton.Config]:
-    return configs[:1] if os.environ.get("GROKCOPY_AUTOTUNE", "1") == "0" else configs
-
-
 def _fwd_configs() -> list[triton.Config]:
     if interpreting():
         return [triton.Config({"TILE": TILE_ELEMENTS}, num_warps=1)]
-    return _autotuned([triton.Config({"TILE": tile}, num_warps=w) for tile, w in _FWD_SHAPES])
+    return autotuned([triton.Config({"TILE": tile}, num_warps=w) for tile, w in _FWD_SHAPES])
 
 
 def _bwd_configs() -> list[triton.Config]:
     if interpreting():
         return [triton.Config({"TILE": TILE_ELEMENTS, "PROGRAMS_PER_SM": INTERPRETER_BWD_PROGRAMS}, num_warps=1)]
-    return _autotuned([triton.Config({"TILE": tile, "PROGRAMS_PER_SM": pps}, num_warps=w)
+    return autotuned([triton.Config({"TILE": tile, "PROGRAMS_PER_SM": pps}, num_warps=w)
                        for tile, w, pps in _BWD_SHAPES])
 
 
