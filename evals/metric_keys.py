@@ -10,37 +10,39 @@ has a description.
 
 from __future__ import annotations
 
+# What each key means is said once, in DESCRIPTIONS below.
 # Every record
-STEP = "step"  # optimizer steps taken
-TOKENS = "tokens"  # training tokens seen, over all ranks and accumulation steps, cumulative over resumes
-LOSS = "loss"  # mean training loss of this step's batch
-LR = "lr"  # learning rate used for this step
-GRAD_NORM = "grad_norm"  # global L2 norm of the accumulated gradient, before clipping
-TOKENS_PER_S = "tokens_per_s"  # training throughput since the previous logged step, eval time left out
-ELAPSED_S = "elapsed_s"  # wall seconds since this trainer process started
+STEP = "step"
+TOKENS = "tokens"
+LOSS = "loss"
+LR = "lr"
+GRAD_NORM = "grad_norm"
+TOKENS_PER_S = "tokens_per_s"
+ELAPSED_S = "elapsed_s"
 
 # Eval records
 VAL_LOSS = "val_loss"
-COPY_ACC = "copy_acc"  # exact copy accuracy: all 6 suffix tokens right (paper protocol)
-COPY_ACC_PAPER50 = "copy_acc_paper50"  # the same over the first 50 cases, the paper's sample size
-COPY_CONTROL_ACC = "copy_control_acc"  # the same with the prefix after an unrelated window
-COPY_TOKEN_ACC = "copy_token_acc"  # per-token accuracy over the suffix
+COPY_ACC = "copy_acc"
+COPY_ACC_PAPER50 = "copy_acc_paper50"
+COPY_CONTROL_ACC = "copy_control_acc"
+COPY_TOKEN_ACC = "copy_token_acc"
 COPY_CONTROL_TOKEN_ACC = "copy_control_token_acc"
-COPY_GAIN = "copy_gain"  # copy_acc - copy_control_acc: what copying adds to exact copy accuracy
-REPEAT_ACC = "repeat_acc"  # next-token accuracy over the second copy of repeated random tokens
+COPY_GAIN = "copy_gain"
+REPEAT_ACC = "repeat_acc"
 
-# Head scores: [layer][head] matrices; best_head(name) is the max over heads, one value per layer
+# Head scores: [layer][head] matrices; best_head(name) is the max over heads, one value per layer.
+# TRAIN_PREFIX marks those measured on training batches (--train-stats-every).
 INDUCTION = "induction"
 PREVIOUS_TOKEN = "previous_token"
 PREFIX_MATCHING = "prefix_matching"
 HEAD_SCORES = (INDUCTION, PREVIOUS_TOKEN, PREFIX_MATCHING)
-TRAIN_PREFIX = "train_"  # head scores measured on training batches (--train-stats-every)
+TRAIN_PREFIX = "train_"
 
 # Gradient noise scale (evals/noise_scale.py), when grad_accum >= 2
-NOISE_SCALE = "noise_scale"  # B_simple = tr(Sigma) / |G|^2, in sequences
-GRAD_SQ = "grad_sq"  # the |G|^2 estimate behind it
-GRAD_TRACE_COV = "grad_trace_cov"  # the tr(Sigma) estimate behind it
-NOISE_SCALE_STEPS = "noise_scale_steps"  # steps averaged since the previous eval
+NOISE_SCALE = "noise_scale"
+GRAD_SQ = "grad_sq"
+GRAD_TRACE_COV = "grad_trace_cov"
+NOISE_SCALE_STEPS = "noise_scale_steps"
 
 
 def best_head(score: str) -> str:
@@ -52,19 +54,19 @@ TRAINING_RECORD = (STEP, TOKENS, LOSS, LR, GRAD_NORM, TOKENS_PER_S, ELAPSED_S)
 
 DESCRIPTIONS: dict[str, str] = {
     STEP: "optimizer steps taken",
-    TOKENS: "training tokens seen (all ranks, cumulative over resumes)",
+    TOKENS: "training tokens seen (all ranks and accumulation steps, cumulative over resumes)",
     LOSS: "training loss of this step's batch",
     LR: "learning rate of this step",
-    GRAD_NORM: "L2 norm of the accumulated gradient before clipping",
+    GRAD_NORM: "global L2 norm of the accumulated gradient before clipping",
     TOKENS_PER_S: "training tokens per second since the last logged step, evals left out",
     ELAPSED_S: "wall seconds since this trainer process started",
     VAL_LOSS: "loss on 32 held-out windows",
-    COPY_ACC: "exact copy accuracy: all 6 suffix tokens right",
+    COPY_ACC: "exact copy accuracy: all 6 suffix tokens right (paper protocol)",
     COPY_ACC_PAPER50: "exact copy accuracy over the first 50 cases (the paper's sample size)",
     COPY_CONTROL_ACC: "exact copy accuracy when the prefix follows an unrelated window",
     COPY_TOKEN_ACC: "per-token accuracy over the 6-token suffix",
     COPY_CONTROL_TOKEN_ACC: "per-token accuracy over the suffix in the control",
-    COPY_GAIN: "copy_acc - copy_control_acc",
+    COPY_GAIN: "copy_acc - copy_control_acc: what copying adds to exact copy accuracy",
     REPEAT_ACC: "next-token accuracy over the second copy of repeated random trained tokens",
     INDUCTION: "attention on the token after the previous occurrence, per layer and head",
     PREVIOUS_TOKEN: "attention on the previous token in held-out text, per layer and head",
