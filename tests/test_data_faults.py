@@ -91,14 +91,19 @@ def read_outcome(path: Path, expected: np.ndarray) -> str:
     return "same tokens (harmless)" if np.array_equal(tokens, expected) else "WRONG TOKENS"
 
 
+def flipped(data: bytes, bit: int) -> bytes:
+    """`data` with bit number `bit` (counting from bit 0 of byte 0) inverted."""
+    damaged = bytearray(data)
+    damaged[bit // 8] ^= 1 << (bit % 8)
+    return bytes(damaged)
+
+
 def test_every_bit_flip_of_a_shard(small_shard):
     path, tokens = small_shard
     data = path.read_bytes()
     outcomes = Counter()
     for bit in range(len(data) * 8):
-        damaged = bytearray(data)
-        damaged[bit // 8] ^= 1 << (bit % 8)
-        path.write_bytes(damaged)
+        path.write_bytes(flipped(data, bit))
         outcomes[read_outcome(path, tokens)] += 1
     report("shard bit flips", outcomes)
     assert outcomes == {"ShardFormatError naming the file": len(data) * 8}
@@ -136,9 +141,7 @@ def test_every_bit_flip_and_truncation_of_meta_json(corpus):
     good = json.loads(data)
     outcomes = Counter()
     for bit in range(len(data) * 8):
-        damaged = bytearray(data)
-        damaged[bit // 8] ^= 1 << (bit % 8)
-        path.write_bytes(damaged)
+        path.write_bytes(flipped(data, bit))
         outcomes[corpus_outcome(corpus, good)] += 1
     for cut in range(len(data)):
         path.write_bytes(data[:cut])
@@ -156,9 +159,7 @@ def test_bit_flips_and_truncations_of_tokenizer_json(corpus):
     rng = np.random.default_rng(0)
     outcomes = Counter()
     for bit in rng.choice(len(data) * 8, 500, replace=False):
-        damaged = bytearray(data)
-        damaged[bit // 8] ^= 1 << (bit % 8)
-        path.write_bytes(damaged)
+        path.write_bytes(flipped(data, bit))
         outcomes[corpus_outcome(corpus, good)] += 1
     for cut in rng.choice(len(data), 100, replace=False):
         path.write_bytes(data[:cut])
