@@ -13,7 +13,9 @@ directory), and an unfinished one resumes from its latest checkpoint (train.py d
 Every run gets `--min-lr` of a tenth of its own LR (a cosine floor that follows the LR axis). `--max-steps N` shortens
 every run, and the runs are then named <run name>-stepsN. `--extra "FLAGS"` adds train.py flags to
 every run, before the axis values (which win); it is not part of a run's name, so a different
---extra wants a different --out.
+--extra wants a different --out. `--accum N` trains each run's batch as N micro-batches
+(--batch-size batch/N --global-batch batch): the same recipe, and train.py then logs the gradient noise
+scale B_simple at every eval (evals/noise_scale.py); those runs are named <run name>-accumN.
 `--jobs N` runs N at once, each with OMP_NUM_THREADS = cores / N unless the environment sets it,
 and its output in OUT/logs/<run name>.log.
 """
@@ -37,7 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The axes of each preset: the preset's own recipe in the middle, a factor of ~3 (LR) or 2 (batch)
 # either side. All runs of one preset share the preset's schedule in steps.
 AXES = {
-    "tiny": {"lr": (1e-3, 3e-3, 1e-2), "batch_size": (2, 4, 8), "dropout": 0.1, "weight_decay": 0.1,
+    "tiny": {"lr": (3e-3, 1e-2, 3e-2), "batch_size": (4, 8, 16), "dropout": 0.1, "weight_decay": 0.1,
              "n_layers": (3, 6)},
     "paper-162m": {"lr": (2e-4, 6e-4, 1.8e-3), "batch_size": (16, 32, 64), "dropout": 0.1, "weight_decay": 0.1,
                    "n_layers": (12, 24)},
@@ -92,13 +94,24 @@ def flags(overrides: dict) -> list[str]:
     return out
 
 
+def accumulated(overrides: dict, preset: str, accum: int) -> dict:
+    """The overrides with the batch trained as `accum` micro-batches of batch/accum sequences each."""
+    if accum == 1:
+        return overrides
+    batch = overrides.get("batch_size", PRESETS[preset].train["batch_size"])
+    if batch % accum:
+        raise SystemExit(f"error: --accum {accum} does not divide the batch size {batch} of a run: "
+                         "pick an --accum that divides every batch size on the axis")
+    return {**overrides, "batch_size": batch // accum, "global_batch": batch}
+
+
 def run_command(run_dir: Path, preset: str, overrides: dict, *, extra: list[str], max_steps: int | None,
-                nproc: int) -> list[str]:
+                nproc: int, accum: int = 1) -> list[str]:
     """The train.py command line of one run (torchrun when nproc > 0, else this Python)."""
     launcher = (["torchrun", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 0 else [sys.executable])
     lr = overrides.get("lr", PRESETS[preset].train.get("lr", 1e-3))  # the floor follows each run's own LR
     cmd = [*launcher, str(ROOT / "train.py"), "--preset", preset, "--out", str(run_dir), "--min-lr", f"{0.1 * lr:g}",
-           *extra, *flags(overrides)]
+           *extra, *flags(accumulated(overrides, preset, accum))]
     if max_steps is not None:
         cmd += ["--max-steps", str(max_steps)]
     return cmd
@@ -154,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nproc-per-node", type=int, default=0, help="> 0: launch with torchrun")
     parser.add_argument("--jobs", type=int, default=1, help="runs at once (default 1)")
     parser.add_argument("--seeds", type=int, default=1, help="runs of each configuration, seeds 0..N-1 (default 1)")
+    parser.add_argument("--accum", type=int, default=1,
+                        help="train each batch as N micro-batches, which logs the gradient noise scale (default 1)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     args = parser.parse_args(argv)
     if args.seeds < 1:
@@ -165,21 +180,27 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown experiment {name!r}; choose from {['all', *grid]}")
     if args.jobs < 1:
         parser.error(f"--jobs must be >= 1, got {args.jobs}")
+    if args.accum < 1:
+        parser.error(f"--accum must be >= 1, got {args.accum}")
 
     out = Path(args.out).resolve()  # absolute: train.py runs from the repo root
     commands: dict[str, tuple[Path, list[str]]] = {}  # run name -> command, each run once
-    for name in names:
-        for (label, base), seed in ((entry, seed) for entry in grid[name] for seed in range(args.seeds)):
+    # seed-major: a cut-short --seeds 3 has every configuration's seed 0 before any seed 1
+    for seed in range(args.seeds):
+        for name, (label, base) in ((n, entry) for n in names for entry in grid[n]):
             # seed 0 is the run as it always was; another seed is another run, named so
             overrides = base if seed == 0 else {**base, "seed": seed}
             label = label if seed == 0 else f"{label}-seed{seed}"
             # a shortened run is another run: a smoke test must not pass for the full one later
-            run_dir = out / "runs" / (run_name(overrides) + (f"-steps{args.max_steps}" if args.max_steps else ""))
+            suffix = ((f"-steps{args.max_steps}" if args.max_steps else "")
+                      + (f"-accum{args.accum}" if args.accum > 1 else ""))
+            run_dir = out / "runs" / (run_name(overrides) + suffix)
             if not args.dry_run:
                 link(out / name / label, run_dir)
             commands[run_dir.name] = (run_dir, run_command(run_dir, args.preset, overrides,
                                                            extra=shlex.split(args.extra),
-                                                           max_steps=args.max_steps, nproc=args.nproc_per_node))
+                                                           max_steps=args.max_steps, nproc=args.nproc_per_node,
+                                                           accum=args.accum))
     todo = []
     for run_dir, cmd in commands.values():
         if RunDir(run_dir).final_path.is_file():

@@ -3,6 +3,8 @@ end and resumes (finished runs are skipped)."""
 
 import shlex
 
+import pytest
+
 from grokcopy.evals import experiment
 from tests.test_train import SMALL
 
@@ -22,7 +24,7 @@ def test_dry_run_prints_commands(tmp_path, capsys):
     assert experiment.main(["lr", "--out", str(tmp_path), "--dry-run", "--nproc-per-node", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and all(line.startswith("torchrun --standalone --nproc-per-node=2") for line in lines)
-    assert "--lr 0.01" in lines[2] and str(tmp_path / "runs" / "lr0.01-bs4-wd0.1-do0") in lines[2]
+    assert "--lr 0.03" in lines[2] and str(tmp_path / "runs" / "lr0.03-bs8-wd0.1-do0") in lines[2]
     assert not (tmp_path / "lr").exists()
 
 
@@ -34,6 +36,18 @@ def test_runs_shared_between_experiments_train_once(tmp_path, capsys):
     assert len(commands) == len(set(commands)) == 13
     assert experiment.run_name({"lr": 0.003, "batch_size": 4, "weight_decay": 0.1, "dropout": 0.0}) == \
         "lr0.003-bs4-wd0.1-do0"
+
+
+def test_seeds_and_accum_name_runs_and_split_batches(tmp_path, capsys):
+    """--seeds runs seed-major (every configuration's seed 0 first); --accum keeps the batch, in micro-batches."""
+    assert experiment.main(["batch-size", "--out", str(tmp_path), "--dry-run", "--seeds", "2", "--accum", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split("--out ")[1].split()[0].rsplit("/", 1)[1] for line in lines] == [
+        "lr0.01-bs4-wd0.1-do0-accum2", "lr0.01-bs8-wd0.1-do0-accum2", "lr0.01-bs16-wd0.1-do0-accum2",
+        "lr0.01-bs4-wd0.1-do0-seed1-accum2", "lr0.01-bs8-wd0.1-do0-seed1-accum2", "lr0.01-bs16-wd0.1-do0-seed1-accum2"]
+    assert "--batch-size 8" in lines[2] and "--global-batch 16" in lines[2] and "--seed 1" in lines[3]
+    with pytest.raises(SystemExit, match="--accum 3 does not divide the batch size 4"):
+        experiment.main(["batch-size", "--out", str(tmp_path), "--dry-run", "--accum", "3"])
 
 
 def test_tiny_experiment_runs_and_resumes(corpus, tmp_path, monkeypatch, capsys):
@@ -62,7 +76,7 @@ def test_a_run_in_use_is_left_alone(tmp_path, capsys):
     """A run directory another process trains into (train.py holds its lock) is skipped, not trained twice."""
     from grokcopy.model.run_dir import RunDir
 
-    run_dir = tmp_path / "runs" / "lr0.003-bs4-wd0.1-do0-steps1"
+    run_dir = tmp_path / "runs" / "lr0.01-bs8-wd0.1-do0-steps1"
     lock = RunDir(run_dir)
     lock.lock()
     assert experiment.main(["baseline", "--out", str(tmp_path), "--max-steps", "1"]) == 0
