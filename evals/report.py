@@ -9,9 +9,14 @@ Writes to OUT:
   induction onset marked) and, when logged, previous-token and prefix-matching scores;
 - overlay-steps.png, overlay-tokens.png: every run on one figure (evals.curves.plot_overlay);
 - onset-vs-lr.png (when the runs have more than one LR): copy onset step, and LR x onset step,
-  against LR, one line per batch size;
-- onset-lr-batch.png (when the runs vary both LR and batch size): heatmap of the copy onset step;
-- report.md: a table of every run's settings, final numbers and onsets.
+  against LR, one line per batch size (the mean over seeds, bars from the earliest to the latest);
+- onset-lr-batch.png (when the runs vary both LR and batch size): heatmap of the copy onset step
+  (mean over seeds);
+- noise-scale.png (when the runs logged it, train.py --grad-accum >= 2): the gradient noise scale
+  B_simple against steps, each run's batch size as a dashed line of its colour;
+- report.md: a table of every run's settings, final numbers and onsets; with several seeds, the
+  onsets over seeds; with several LRs or batch sizes, how well each candidate law of the onset fits
+  (evals/onset_laws.py).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ from pathlib import Path
 from grokcopy.cli import run_cli
 from grokcopy.evals import metric_keys as mk
 from grokcopy.evals.curves import plot_overlay, pyplot
+from grokcopy.evals.noise_scale import pooled_noise_scale
+from grokcopy.evals.onset_laws import OnsetConfig, law_table
 from grokcopy.evals.onsets import COPY_SURGE_LEVEL, INDUCTION_THRESHOLD, copy_token_gain, eval_records, run_onsets
 from grokcopy.model.run_dir import RunDir
 
@@ -116,16 +123,37 @@ def plot_layer_heatmaps(records: list[dict], onsets: list[int | None], path: Pat
 ONSET_NAMES = {"copy_onset": "copy onset step", "copy_surge": "copy surge step"}
 
 
+def by_config(rows: list[dict], onset: str) -> dict[tuple[float, int], list[int | None]]:
+    """(LR, batch) -> the onset steps of its runs (one per seed; None where a run has none)."""
+    groups: dict[tuple[float, int], list[int | None]] = {}
+    for r in rows:
+        groups.setdefault((r["lr"], r["batch"]), []).append(r[onset])
+    return groups
+
+
+def mean_onset(onsets: list[int | None]) -> float | None:
+    reached = [s for s in onsets if s is not None]
+    return sum(reached) / len(reached) if reached else None
+
+
 def plot_onset_vs_lr(rows: list[dict], path: Path, onset: str = "copy_onset") -> None:
     """Onset step (`onset`: copy_onset or copy_surge), and LR x onset step (the learning 'intensity'
-    spent), against LR per batch size."""
+    spent), against LR per batch size: the mean over the seeds that reached it, bars from the
+    earliest seed to the latest."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
-    for batch in sorted({r["batch"] for r in rows}):
-        points = sorted((r["lr"], r[onset]) for r in rows if r["batch"] == batch and r[onset])
-        if points:
-            axes[0].plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"batch {batch}")
-            axes[1].plot([p[0] for p in points], [p[0] * p[1] for p in points], marker="o", label=f"batch {batch}")
+    groups = by_config(rows, onset)
+    for batch in sorted({b for _, b in groups}):
+        points = sorted((lr, [s for s in steps if s is not None]) for (lr, b), steps in groups.items() if b == batch)
+        points = [(lr, reached) for lr, reached in points if reached]
+        if not points:
+            continue
+        lrs = [lr for lr, _ in points]
+        for ax, scale in ((axes[0], [1.0] * len(lrs)), (axes[1], lrs)):
+            means = [k * sum(r) / len(r) for k, (_, r) in zip(scale, points, strict=True)]
+            low = [m - k * min(r) for m, k, (_, r) in zip(means, scale, points, strict=True)]
+            high = [k * max(r) - m for m, k, (_, r) in zip(means, scale, points, strict=True)]
+            ax.errorbar(lrs, means, yerr=[low, high], marker="o", capsize=3, label=f"batch {batch}")
     for ax, label in zip(axes, (ONSET_NAMES[onset], f"LR x {ONSET_NAMES[onset]}"), strict=True):
         ax.set_xscale("log")
         ax.set_xlabel("peak LR")
@@ -137,27 +165,77 @@ def plot_onset_vs_lr(rows: list[dict], path: Path, onset: str = "copy_onset") ->
 
 
 def plot_onset_heatmap(rows: list[dict], path: Path, onset: str = "copy_onset") -> None:
-    """Onset step (`onset`) on an (LR, batch size) grid; blank cells: no onset (or no run)."""
+    """Onset step (`onset`, mean over seeds) on an (LR, batch size) grid; blank: no onset (or no run)."""
     plt = pyplot()
-    lrs, batches = sorted({r["lr"] for r in rows}), sorted({r["batch"] for r in rows})
+    groups = by_config(rows, onset)
+    lrs, batches = sorted({lr for lr, _ in groups}), sorted({b for _, b in groups})
     grid = [[float("nan")] * len(batches) for _ in lrs]
-    for r in rows:
-        if r[onset] is not None:
-            grid[lrs.index(r["lr"])][batches.index(r["batch"])] = r[onset]
+    for (lr, batch), steps in groups.items():
+        mean = mean_onset(steps)
+        if mean is not None:
+            grid[lrs.index(lr)][batches.index(batch)] = mean
     fig, ax = plt.subplots(figsize=(5, 4), dpi=110)
     image = ax.imshow(grid, origin="lower", cmap="magma_r")
-    for i, line in enumerate(grid):
-        for j, value in enumerate(line):
-            if value == value:  # not NaN
-                ax.text(j, i, f"{value:.0f}", ha="center", va="center", fontsize=8, color="tab:cyan")
+    for (lr, batch), steps in groups.items():
+        mean = mean_onset(steps)
+        if mean is not None:
+            reached = sum(s is not None for s in steps)
+            ax.text(batches.index(batch), lrs.index(lr), f"{mean:.0f}" + (f"\n{reached}/{len(steps)}" if len(steps) > 1
+                    else ""), ha="center", va="center", fontsize=8, color="tab:cyan")
     ax.set_xticks(range(len(batches)), [str(b) for b in batches])
     ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
     ax.set_xlabel("global batch (sequences per optimizer step)")
     ax.set_ylabel("peak LR")
-    fig.colorbar(image, ax=ax, label=ONSET_NAMES[onset])
+    fig.colorbar(image, ax=ax, label=ONSET_NAMES[onset] + " (mean over seeds)")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def plot_noise_scale(runs: dict[str, list[dict]], rows: list[dict], path: Path, onset: str) -> None:
+    """B_simple (log scale) against steps for every run that logged it, coloured by batch size; each
+    batch size as a dashed line, each run's onset as a dot on its curve."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
+    batches = sorted({r["batch"] for r in rows})
+    colours = {b: f"C{i}" for i, b in enumerate(batches)}
+    labelled: set[int] = set()
+    for r in rows:
+        points = [(e[mk.STEP], e[mk.NOISE_SCALE]) for e in eval_records(runs[r["name"]])
+                  if mk.NOISE_SCALE in e and 0 < e[mk.NOISE_SCALE] < float("inf")]
+        if not points:
+            continue
+        label = None if r["batch"] in labelled else f"batch {r['batch']}"
+        labelled.add(r["batch"])
+        ax.plot([p[0] for p in points], [p[1] for p in points], color=colours[r["batch"]], lw=1, alpha=0.8,
+                label=label)
+        if r[onset] is not None:
+            at = min(points, key=lambda p: abs(p[0] - r[onset]))
+            ax.plot([at[0]], [at[1]], "o", color=colours[r["batch"]], ms=5)
+    for b in batches:
+        ax.axhline(b, color=colours[b], ls="--", lw=1)
+    ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("B_simple (sequences)")
+    ax.set_title(f"gradient noise scale; dashed: the batch sizes; dots: {ONSET_NAMES[onset]}", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def onset_law_lines(rows: list[dict], onset: str) -> list[str]:
+    """The onset-laws section of report.md (evals/onset_laws.py); empty when LR and batch are both fixed."""
+    if len({r["lr"] for r in rows}) < 2 and len({r["batch"] for r in rows}) < 2:
+        return []
+    configs = []
+    for (lr, batch), steps in by_config(rows, onset).items():
+        noise = [r["b_noise"] for r in rows if (r["lr"], r["batch"]) == (lr, batch) and r["b_noise"] is not None]
+        configs.append(OnsetConfig(lr, batch, steps, sum(noise) / len(noise) if noise else None))
+    return ["", "## Which law sets the onset", "",
+            f"Over the runs' (LR, batch) configurations, the {ONSET_NAMES[onset]} (mean over seeds) against "
+            "candidate laws (evals/onset_laws.py). B_noise: each run's gradient noise scale pooled up to its onset "
+            "(the whole run without one), averaged over seeds.", "", *law_table(configs)]
 
 
 def _fmt(value) -> str:
@@ -176,6 +254,18 @@ def spread(values: list) -> str:
     return f"{mean:,.0f} [{min(reached):,}-{max(reached):,}] ({len(reached)} of {len(values)})"
 
 
+def token_spread(group: list[dict]) -> str:
+    """The copy surge in millions of tokens over seeds: 'mean [min-max]'."""
+    tokens = [r["copy_surge"] * r["batch"] * r["seq_len"] / 1e6 for r in group if r["copy_surge"] is not None]
+    return f"{sum(tokens) / len(tokens):.1f} [{min(tokens):.1f}-{max(tokens):.1f}]" if tokens else "-"
+
+
+def noise_spread(group: list[dict]) -> str:
+    """B_noise pooled up to the onset over seeds: 'mean [min-max]', in sequences."""
+    values = [r["b_noise"] for r in group if r["b_noise"] is not None]
+    return f"{sum(values) / len(values):.1f} [{min(values):.1f}-{max(values):.1f}]" if values else "-"
+
+
 def seed_spread(rows: list[dict]) -> list[str]:
     """The onsets of each configuration over its seeds: mean, range and how many seeds reached it."""
     groups: dict[tuple, list[dict]] = {}
@@ -184,13 +274,15 @@ def seed_spread(rows: list[dict]) -> list[str]:
     if all(len(g) == 1 for g in groups.values()):
         return []
     lines = ["", "## Over seeds", "", "Onsets in steps: mean [min-max] (seeds that reached it).", "",
-             "| LR | batch | wd | dropout | layers | seeds | loss plateau | copy onset | copy surge | final copy acc |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| LR | batch | wd | dropout | layers | seeds | loss plateau | copy onset | copy surge "
+             "| copy surge (M tokens) | B_noise before the onset | final copy acc |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, group in groups.items():
         accs = [r[mk.COPY_ACC] for r in group]
         lines.append(f"| {key[0]:g} | {key[1]} | {key[2]:g} | {key[3]:g} | {key[4]} | "
                      f"{', '.join(str(r['seed']) for r in group)} | {spread([r['plateau'] for r in group])} | "
                      f"{spread([r['copy_onset'] for r in group])} | {spread([r['copy_surge'] for r in group])} | "
+                     f"{token_spread(group)} | {noise_spread(group)} | "
                      f"{sum(accs) / len(accs):.2f} [{min(accs):.2f}-{max(accs):.2f}] |")
     return lines
 
@@ -219,7 +311,7 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
                      mk.COPY_ACC: last[mk.COPY_ACC], mk.COPY_GAIN: last[mk.COPY_GAIN],
                      "copy_token_gain": copy_token_gain(last), "seed": config.get("seed", 0),
                      "n_layers": config["model"].get("n_layers"),
-                     mk.NOISE_SCALE: next((r[mk.NOISE_SCALE] for r in reversed(evals) if mk.NOISE_SCALE in r), None),
+                     "seq_len": config["seq_len"], "b_noise": pooled_noise_scale(evals, onsets[onset]),
                      **onsets})
     if not rows:
         raise ValueError("none of the run directories has eval records")
@@ -232,6 +324,9 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
         if len({r["batch"] for r in rows}) > 1:
             plot_onset_heatmap(rows, out / "onset-lr-batch.png", onset)
             figures.append("onset-lr-batch.png")
+    if any(r["b_noise"] is not None for r in rows):
+        plot_noise_scale(runs, rows, out / "noise-scale.png", onset)
+        figures.append("noise-scale.png")
 
     lines = [
         "# Run report", "",
@@ -251,6 +346,7 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
                      f"| {r['copy_token_gain']:+.2f} | {_fmt(r['plateau'])} | {_fmt(r['copy_onset'])} "
                      f"| {_fmt(r['copy_surge'])} | {layers} |")
     lines += seed_spread(rows)
+    lines += onset_law_lines(rows, onset)
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     for r in rows:

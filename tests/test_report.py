@@ -6,19 +6,22 @@ from grokcopy.evals import report
 from tests.test_onsets import synthetic_records
 
 
-def fake_run(path, lr, batch, shift, seed=0):
-    """A run directory whose copy gain and layer-1 induction rise `shift` steps after the template's."""
+def fake_run(path, lr, batch, shift, seed=0, noise=None):
+    """A run directory whose copy gain and layer-1 induction rise `shift` steps after the template's;
+    with `noise`, every eval also logs a noise scale of `noise` sequences (|G|^2 1, tr(Sigma) `noise`)."""
     path.mkdir(parents=True)
     config = {"preset": "tiny", "seed": seed, "lr": lr, "batch_size": batch, "grad_accum": 1, "world_size": 1,
-              "weight_decay": 0.1, "model": {"dropout": 0.0, "n_layers": 2}}
+              "weight_decay": 0.1, "seq_len": 256, "model": {"dropout": 0.0, "n_layers": 2}}
     (path / "config.json").write_text(json.dumps(config))
     records = synthetic_records()
     lines = []
     for r in records:
         late = next(x for x in records if x["step"] == min(r["step"] - shift, 6000)) if r["step"] > shift else None
         gains = late or {"copy_gain": 0.0, "copy_acc": 0.05, "induction_max": [0.01, 0.0], "induction": r["induction"]}
+        noise_keys = {} if noise is None else {"noise_scale": noise, "grad_sq": 1.0, "grad_trace_cov": noise,
+                                               "noise_scale_steps": 500}
         lines.append(json.dumps({**r, "copy_gain": gains["copy_gain"], "copy_acc": gains["copy_acc"],
-                                 "induction_max": gains["induction_max"]}))
+                                 "induction_max": gains["induction_max"], **noise_keys}))
     (path / "metrics.jsonl").write_text("\n".join(lines) + "\n")
     return path
 
@@ -66,3 +69,26 @@ def test_report_gives_the_spread_over_seeds(tmp_path):
     text = (out / "report.md").read_text()
     # copy onsets 3000, 4000 and 3500 (the template's 3000 + shift): mean 3,500 over the range, all 3 seeds
     assert "| 0.003 | 4 | 0.1 | 0 | 2 | 0, 1, 2 | 1,200 [1,200-1,200] (3 of 3) | 3,500 [3,000-4,000] (3 of 3) |" in text
+
+
+def test_report_fits_onset_laws_and_draws_the_noise_scale(tmp_path):
+    """Onsets that follow steps = S_min (1 + B_noise / B) exactly: the critical-batch law has spread 1.00x,
+    the steps and tokens laws do not; two seeds per configuration give the seeds' spread."""
+    runs, b_noise = [], 4
+    for batch in (4, 8, 16):
+        onset = 2400 * (1 + b_noise / batch)  # 4800, 3600, 3000: the copy onset is the template's 3000 + shift
+        for seed, extra in ((0, 0), (1, 100)):
+            runs.append(fake_run(tmp_path / f"bs{batch}-seed{seed}", 3e-3, batch, int(onset - 3000 + extra), seed,
+                                 noise=b_noise))
+    out = tmp_path / "report"
+    assert report.main([*map(str, runs), "--out", str(out)]) == 0
+    assert (out / "noise-scale.png").stat().st_size > 5_000
+    text = (out / "report.md").read_text()
+    assert "## Which law sets the onset" in text
+    # mean onsets 4850, 3650, 3050 against S_min (1 + 4 / B) = 4800, 3600, 3000: nearly constant invariant
+    critical = next(line for line in text.splitlines() if line.startswith("| critical batch"))
+    assert float(critical.split("|")[2].strip().rstrip("x")) < 1.02
+    steps = next(line for line in text.splitlines() if line.startswith("| steps |"))
+    assert float(steps.split("|")[2].strip().rstrip("x")) == 1.59  # 4850 / 3050
+    assert "Seeds' own spread (worst configuration): 1.03x" in text  # 3100 / 3000
+    assert "| 4.0 [4.0-4.0] |" in text, "B_noise pooled before the onset, over seeds"
