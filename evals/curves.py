@@ -96,20 +96,28 @@ def overlay_value(record: dict, key: str) -> float:
     return record[key]
 
 
-def plot_overlay(runs: dict[str, list[dict]], path: str | Path, x: str = mk.STEP, title: str = "") -> None:
+def plot_overlay(runs: dict[str, list[dict]], path: str | Path, x: str = mk.STEP, title: str = "",
+                 groups: dict[str, str] | None = None) -> None:
     """Several runs on one figure against `x` ("step" or "tokens"): val loss, copy gain (exact and
-    token level), repeat accuracy and the best head's induction score, one panel each."""
+    token level), repeat accuracy and the best head's induction score, one panel each. `groups`
+    (run name -> label) draws the runs of one label (a configuration's seeds) in one colour, named once."""
     plt = pyplot()
 
     panels = [(mk.VAL_LOSS, "val loss"), (mk.COPY_GAIN, "copy gain"), ("copy_token_gain", "copy token gain"),
               (mk.REPEAT_ACC, "repeat acc"), ("induction_best", "induction score (best head)")]
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), dpi=110)
+    labels = groups or {name: name for name in runs}
+    colours = {label: f"C{i % 10}" for i, label in enumerate(dict.fromkeys(labels[name] for name in runs))}
+    named: set[str] = set()
     for name, records in runs.items():
         evals = [r for r in records if mk.COPY_GAIN in r]
         xs = [r[x] for r in evals]
+        label = labels[name]
         for ax, (key, _) in zip(axes, panels, strict=True):
             ys = [overlay_value(r, key) for r in evals]
-            ax.plot(xs, ys, lw=1.5, label=name)
+            ax.plot(xs, ys, lw=1.5 if groups is None else 1.0, color=colours[label],
+                    label=None if label in named else label)
+        named.add(label)
     for ax, (_, label) in zip(axes, panels, strict=True):
         ax.set_xlabel("optimizer step" if x == "step" else x)
         ax.set_title(label, fontsize=10)

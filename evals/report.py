@@ -254,6 +254,12 @@ def spread(values: list) -> str:
     return f"{mean:,.0f} [{min(reached):,}-{max(reached):,}] ({len(reached)} of {len(values)})"
 
 
+def config_label(row: dict) -> str:
+    """'LR 0.01, batch 8, wd 0.1, dropout 0, 3 layers': a configuration, whatever its seed."""
+    return (f"LR {row['lr']:g}, batch {row['batch']}, wd {row['weight_decay']:g}, dropout {row['dropout']:g}, "
+            f"{row['n_layers']} layers")
+
+
 def token_spread(group: list[dict]) -> str:
     """The copy surge in millions of tokens over seeds: 'mean [min-max]'."""
     tokens = [r["copy_surge"] * r["batch"] * r["seq_len"] / 1e6 for r in group if r["copy_surge"] is not None]
@@ -315,8 +321,11 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
                      **onsets})
     if not rows:
         raise ValueError("none of the run directories has eval records")
-    plot_overlay(runs, out / "overlay-steps.png", x=mk.STEP)
-    plot_overlay(runs, out / "overlay-tokens.png", x="tokens")
+    groups = {r["name"]: config_label(r) for r in rows}  # a configuration's seeds share a colour
+    if len(set(groups.values())) == len(groups):
+        groups = None
+    plot_overlay(runs, out / "overlay-steps.png", x=mk.STEP, groups=groups)
+    plot_overlay(runs, out / "overlay-tokens.png", x="tokens", groups=groups)
     figures = ["overlay-steps.png", "overlay-tokens.png"]
     if len({r["lr"] for r in rows}) > 1:
         plot_onset_vs_lr(rows, out / "onset-vs-lr.png", onset)
