@@ -278,3 +278,36 @@ def test_weight_decay_skips_norms():
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
     assert len(plain["params"]) == 3  # two block norms and the final norm
+
+
+def test_grad_accum_takes_the_step_one_big_batch_takes(corpus):
+    """--batch-size 4 --global-batch 8 reads the same windows as --batch-size 8 (the sampler hands them
+    out in order) and, up to float rounding, takes the same optimizer step: accumulation changes how
+    a step is computed, never the recipe. evals.experiment --accum relies on it."""
+    import contextlib
+    import copy
+    import dataclasses
+
+    from grokcopy.data import WindowSampler, open_corpus
+    from grokcopy.model import Llama
+
+    cfg_big, model_cfg = train.parse_args(["--preset", "tiny", "--vocab-size", "257", "--seq-len", "64",
+                                           "--batch-size", "8"])
+    cfg_small = dataclasses.replace(cfg_big, batch_size=4, grad_accum=2)
+    dataset = open_corpus(corpus).train
+    torch.manual_seed(0)
+    models = [Llama(model_cfg), None]
+    models[1] = copy.deepcopy(models[0])
+    results = []
+    for model, cfg in zip(models, (cfg_big, cfg_small), strict=True):
+        sampler = WindowSampler(dataset, cfg.seq_len + 1, seed=0)
+        optimizer = train.make_optimizer(model, cfg, fused=False)
+        for step in range(3):
+            results.append(train.train_step(model, model, optimizer, sampler, cfg, step, contextlib.nullcontext(),
+                                            train.StopSignal(), world=1))
+    big, small = results[:3], results[3:]
+    for a, b in zip(big, small, strict=True):
+        assert a.loss == pytest.approx(b.loss, rel=1e-5) and a.grad_norm == pytest.approx(b.grad_norm, rel=1e-4)
+    assert math.isnan(big[0].first_micro_grad_sq) and small[0].first_micro_grad_sq > 0
+    for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
+        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
