@@ -94,15 +94,16 @@ def flags(overrides: dict) -> list[str]:
     return out
 
 
-def accumulated(overrides: dict, preset: str, accum: int) -> dict:
-    """The overrides with the batch trained as `accum` micro-batches of batch/accum sequences each."""
+def accumulated(overrides: dict, preset: str, accum: int, ranks: int = 1) -> dict:
+    """The overrides with each rank's batch trained as `accum` micro-batches of batch/accum sequences
+    (train.py's --global-batch counts all ranks' sequences per step)."""
     if accum == 1:
         return overrides
     batch = overrides.get("batch_size", PRESETS[preset].train["batch_size"])
     if batch % accum:
         raise SystemExit(f"error: --accum {accum} does not divide the batch size {batch} of a run: "
                          "pick an --accum that divides every batch size on the axis")
-    return {**overrides, "batch_size": batch // accum, "global_batch": batch}
+    return {**overrides, "batch_size": batch // accum, "global_batch": batch * ranks}
 
 
 def run_command(run_dir: Path, preset: str, overrides: dict, *, extra: list[str], max_steps: int | None,
@@ -111,7 +112,7 @@ def run_command(run_dir: Path, preset: str, overrides: dict, *, extra: list[str]
     launcher = (["torchrun", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 0 else [sys.executable])
     lr = overrides.get("lr", PRESETS[preset].train.get("lr", 1e-3))  # the floor follows each run's own LR
     cmd = [*launcher, str(ROOT / "train.py"), "--preset", preset, "--out", str(run_dir), "--min-lr", f"{0.1 * lr:g}",
-           *extra, *flags(accumulated(overrides, preset, accum))]
+           *extra, *flags(accumulated(overrides, preset, accum, max(nproc, 1)))]
     if max_steps is not None:
         cmd += ["--max-steps", str(max_steps)]
     return cmd

@@ -46,6 +46,11 @@ def test_seeds_and_accum_name_runs_and_split_batches(tmp_path, capsys):
         "lr0.01-bs4-wd0.1-do0-accum2", "lr0.01-bs8-wd0.1-do0-accum2", "lr0.01-bs16-wd0.1-do0-accum2",
         "lr0.01-bs4-wd0.1-do0-seed1-accum2", "lr0.01-bs8-wd0.1-do0-seed1-accum2", "lr0.01-bs16-wd0.1-do0-seed1-accum2"]
     assert "--batch-size 8" in lines[2] and "--global-batch 16" in lines[2] and "--seed 1" in lines[3]
+    # under torchrun --global-batch counts every rank's sequences: 8 ranks x 32 per rank, in micro-batches of 16
+    assert experiment.main(["baseline", "--preset", "paper-162m", "--nproc-per-node", "8", "--accum", "2",
+                            "--out", str(tmp_path), "--dry-run"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert "--batch-size 16" in line and "--global-batch 256" in line
     with pytest.raises(SystemExit, match="--accum 3 does not divide the batch size 4"):
         experiment.main(["batch-size", "--out", str(tmp_path), "--dry-run", "--accum", "3"])
 
