@@ -123,17 +123,17 @@ def plot_layer_heatmaps(records: list[dict], onsets: list[int | None], path: Pat
 ONSET_NAMES = {"copy_onset": "copy onset step", "copy_surge": "copy surge step"}
 
 
-def by_config(rows: list[dict], onset: str) -> dict[tuple[float, int], list[int | None]]:
-    """(LR, batch) -> the onset steps of its runs (one per seed; None where a run has none)."""
-    groups: dict[tuple[float, int], list[int | None]] = {}
+def by_config(rows: list[dict]) -> dict[tuple[float, int], list[dict]]:
+    """(LR, batch) -> its rows (one per seed)."""
+    groups: dict[tuple[float, int], list[dict]] = {}
     for r in rows:
-        groups.setdefault((r["lr"], r["batch"]), []).append(r[onset])
+        groups.setdefault((r["lr"], r["batch"]), []).append(r)
     return groups
 
 
-def mean_onset(onsets: list[int | None]) -> float | None:
-    reached = [s for s in onsets if s is not None]
-    return sum(reached) / len(reached) if reached else None
+def reached(group: list[dict], onset: str) -> list[int]:
+    """The `onset` steps of the runs in `group` that reached it."""
+    return [r[onset] for r in group if r[onset] is not None]
 
 
 def plot_onset_vs_lr(rows: list[dict], path: Path, onset: str = "copy_onset") -> None:
@@ -142,10 +142,10 @@ def plot_onset_vs_lr(rows: list[dict], path: Path, onset: str = "copy_onset") ->
     earliest seed to the latest."""
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
-    groups = by_config(rows, onset)
+    groups = by_config(rows)
     for batch in sorted({b for _, b in groups}):
-        points = sorted((lr, [s for s in steps if s is not None]) for (lr, b), steps in groups.items() if b == batch)
-        points = [(lr, reached) for lr, reached in points if reached]
+        points = sorted((lr, reached(group, onset)) for (lr, b), group in groups.items() if b == batch)
+        points = [(lr, steps) for lr, steps in points if steps]
         if not points:
             continue
         lrs = [lr for lr, _ in points]
@@ -167,21 +167,18 @@ def plot_onset_vs_lr(rows: list[dict], path: Path, onset: str = "copy_onset") ->
 def plot_onset_heatmap(rows: list[dict], path: Path, onset: str = "copy_onset") -> None:
     """Onset step (`onset`, mean over seeds) on an (LR, batch size) grid; blank: no onset (or no run)."""
     plt = pyplot()
-    groups = by_config(rows, onset)
+    groups = by_config(rows)
     lrs, batches = sorted({lr for lr, _ in groups}), sorted({b for _, b in groups})
     grid = [[float("nan")] * len(batches) for _ in lrs]
-    for (lr, batch), steps in groups.items():
-        mean = mean_onset(steps)
-        if mean is not None:
-            grid[lrs.index(lr)][batches.index(batch)] = mean
     fig, ax = plt.subplots(figsize=(5, 4), dpi=110)
+    for (lr, batch), group in groups.items():
+        steps = reached(group, onset)
+        if steps:
+            i, j = lrs.index(lr), batches.index(batch)
+            grid[i][j] = sum(steps) / len(steps)
+            ax.text(j, i, f"{grid[i][j]:.0f}" + (f"\n{len(steps)}/{len(group)}" if len(group) > 1 else ""),
+                    ha="center", va="center", fontsize=8, color="tab:cyan")
     image = ax.imshow(grid, origin="lower", cmap="magma_r")
-    for (lr, batch), steps in groups.items():
-        mean = mean_onset(steps)
-        if mean is not None:
-            reached = sum(s is not None for s in steps)
-            ax.text(batches.index(batch), lrs.index(lr), f"{mean:.0f}" + (f"\n{reached}/{len(steps)}" if len(steps) > 1
-                    else ""), ha="center", va="center", fontsize=8, color="tab:cyan")
     ax.set_xticks(range(len(batches)), [str(b) for b in batches])
     ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
     ax.set_xlabel("global batch (sequences per optimizer step)")
@@ -229,9 +226,9 @@ def onset_law_lines(rows: list[dict], onset: str) -> list[str]:
     if len({r["lr"] for r in rows}) < 2 and len({r["batch"] for r in rows}) < 2:
         return []
     configs = []
-    for (lr, batch), steps in by_config(rows, onset).items():
-        noise = [r["b_noise"] for r in rows if (r["lr"], r["batch"]) == (lr, batch) and r["b_noise"] is not None]
-        configs.append(OnsetConfig(lr, batch, steps, sum(noise) / len(noise) if noise else None))
+    for (lr, batch), group in by_config(rows).items():
+        noise = [r["b_noise"] for r in group if r["b_noise"] is not None]
+        configs.append(OnsetConfig(lr, batch, [r[onset] for r in group], sum(noise) / len(noise) if noise else None))
     return ["", "## Which law sets the onset", "",
             f"Over the runs' (LR, batch) configurations, the {ONSET_NAMES[onset]} (mean over seeds) against "
             "candidate laws (evals/onset_laws.py). B_noise: each run's gradient noise scale pooled up to its onset "
@@ -245,13 +242,17 @@ def _fmt(value) -> str:
 CONFIG_KEYS = ("lr", "batch", "weight_decay", "dropout", "n_layers")
 
 
+def mean_range(values: list[float], fmt: str) -> str:
+    """'mean [min-max]' of `values`, each number formatted with `fmt`; '-' when there are none."""
+    if not values:
+        return "-"
+    return f"{sum(values) / len(values):{fmt}} [{min(values):{fmt}}-{max(values):{fmt}}]"
+
+
 def spread(values: list) -> str:
     """'mean [min-max] (k of n)' of the reached values; '-' when none is reached."""
-    reached = [v for v in values if v is not None]
-    if not reached:
-        return f"- (0 of {len(values)})"
-    mean = sum(reached) / len(reached)
-    return f"{mean:,.0f} [{min(reached):,}-{max(reached):,}] ({len(reached)} of {len(values)})"
+    hits = [v for v in values if v is not None]
+    return f"{mean_range(hits, ',.0f')} ({len(hits)} of {len(values)})"
 
 
 def config_label(row: dict) -> str:
@@ -262,14 +263,13 @@ def config_label(row: dict) -> str:
 
 def token_spread(group: list[dict]) -> str:
     """The copy surge in millions of tokens over seeds: 'mean [min-max]'."""
-    tokens = [r["copy_surge"] * r["batch"] * r["seq_len"] / 1e6 for r in group if r["copy_surge"] is not None]
-    return f"{sum(tokens) / len(tokens):.1f} [{min(tokens):.1f}-{max(tokens):.1f}]" if tokens else "-"
+    return mean_range([r["copy_surge"] * r["batch"] * r["seq_len"] / 1e6 for r in group if r["copy_surge"] is not None],
+                      ".1f")
 
 
 def noise_spread(group: list[dict]) -> str:
     """B_noise pooled up to the onset over seeds: 'mean [min-max]', in sequences."""
-    values = [r["b_noise"] for r in group if r["b_noise"] is not None]
-    return f"{sum(values) / len(values):.1f} [{min(values):.1f}-{max(values):.1f}]" if values else "-"
+    return mean_range([r["b_noise"] for r in group if r["b_noise"] is not None], ".1f")
 
 
 def seed_spread(rows: list[dict]) -> list[str]:
@@ -284,12 +284,11 @@ def seed_spread(rows: list[dict]) -> list[str]:
              "| copy surge (M tokens) | B_noise before the onset | final copy acc |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for key, group in groups.items():
-        accs = [r[mk.COPY_ACC] for r in group]
         lines.append(f"| {key[0]:g} | {key[1]} | {key[2]:g} | {key[3]:g} | {key[4]} | "
                      f"{', '.join(str(r['seed']) for r in group)} | {spread([r['plateau'] for r in group])} | "
                      f"{spread([r['copy_onset'] for r in group])} | {spread([r['copy_surge'] for r in group])} | "
                      f"{token_spread(group)} | {noise_spread(group)} | "
-                     f"{sum(accs) / len(accs):.2f} [{min(accs):.2f}-{max(accs):.2f}] |")
+                     f"{mean_range([r[mk.COPY_ACC] for r in group], '.2f')} |")
     return lines
 
 
