@@ -116,7 +116,7 @@ class TrainConfig:
     ckpt_every: int = 1000
     keep_ckpts: int = 3
     device: str = "auto"  # auto | cpu | cuda
-    dtype: str = "auto"  # auto (= bf16) | fp32 | bf16: autocast dtype of the forward pass
+    dtype: str = "auto"  # auto | fp32 | bf16: autocast dtype of the forward pass (auto: train.forward_dtype)
     compile: bool = False
     fsdp: bool = False
     quiet: bool = False
