@@ -165,7 +165,8 @@ def plot_onset_vs_lr(rows: list[dict], path: Path, onset: str = "copy_onset") ->
 
 
 def plot_onset_heatmap(rows: list[dict], path: Path, onset: str = "copy_onset") -> None:
-    """Onset step (`onset`, mean over seeds) on an (LR, batch size) grid; blank: no onset (or no run)."""
+    """Onset step (`onset`, mean over seeds) on an (LR, batch size) grid, each cell labelled with how
+    many of its seeds reached it; blank: no run, "none": runs that never reached it."""
     plt = pyplot()
     groups = by_config(rows)
     lrs, batches = sorted({lr for lr, _ in groups}), sorted({b for _, b in groups})
@@ -173,11 +174,11 @@ def plot_onset_heatmap(rows: list[dict], path: Path, onset: str = "copy_onset") 
     fig, ax = plt.subplots(figsize=(5, 4), dpi=110)
     for (lr, batch), group in groups.items():
         steps = reached(group, onset)
+        i, j = lrs.index(lr), batches.index(batch)
         if steps:
-            i, j = lrs.index(lr), batches.index(batch)
             grid[i][j] = sum(steps) / len(steps)
-            ax.text(j, i, f"{grid[i][j]:.0f}" + (f"\n{len(steps)}/{len(group)}" if len(group) > 1 else ""),
-                    ha="center", va="center", fontsize=8, color="tab:cyan")
+        ax.text(j, i, (f"{grid[i][j]:.0f}" if steps else "none") + f"\n{len(steps)}/{len(group)}",
+                ha="center", va="center", fontsize=8, color="tab:cyan" if steps else "gray")
     image = ax.imshow(grid, origin="lower", cmap="magma_r")
     ax.set_xticks(range(len(batches)), [str(b) for b in batches])
     ax.set_yticks(range(len(lrs)), [f"{lr:g}" for lr in lrs])
