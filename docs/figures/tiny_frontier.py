@@ -1,5 +1,5 @@
 """Draw docs/figures/tiny-frontier.png: final exact copy accuracy against wall time for every run of
-the two rounds of the preset search of issue 15 (docs/tiny-search-2.csv, docs/tiny-search-3.csv; docs/TINY.md).
+the three rounds of the preset search of issue 15 (docs/tiny-search-2.csv, -3.csv, -4.csv; docs/TINY.md).
 
     python docs/figures/tiny_frontier.py
 
@@ -19,10 +19,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-CSVS = {"round 1": HERE.parent / "tiny-search-2.csv", "round 2 (sink)": HERE.parent / "tiny-search-3.csv"}
+CSVS = {"round 1": HERE.parent / "tiny-search-2.csv", "round 2 (sink)": HERE.parent / "tiny-search-3.csv",
+        "round 3 (depth, width, batch)": HERE.parent / "tiny-search-4.csv"}
 COLORS = {"screen": "tab:gray", "long": "tab:blue", "validate": "tab:red", "reference": "black"}
-MARKERS = {"round 1": "o", "round 2 (sink)": "^"}
-VALIDATE_COLORS = {"round 1": "tab:orange", "round 2 (sink)": "tab:red"}
+MARKERS = {"round 1": "o", "round 2 (sink)": "^", "round 3 (depth, width, batch)": "s"}
+VALIDATE_COLORS = {"round 1": "tab:orange", "round 2 (sink)": "tab:red", "round 3 (depth, width, batch)": "tab:purple"}
 
 
 def main() -> None:
@@ -57,7 +58,7 @@ def main() -> None:
     for level, text in ((0.5, "goal 0.5"), (0.2, "fallback bar 0.2")):
         ax.axhline(level, color="gray", ls=":", lw=1)
         ax.annotate(text, (0.2, level + 0.01), fontsize=8)
-    ax.set_xlabel("wall time (min) on a shared 2-core machine: round-2 screens ran 2-3x slower than alone")
+    ax.set_xlabel("wall time (min), 2-core machine: screens ran beside other runs (round 2: 2-3x slower than alone)")
     ax.set_ylabel("final exact copy accuracy (6-token suffix)")
     ax.set_ylim(-0.02, 0.55)
     ax.set_xlim(0, max(15, max((p[0] for p in points), default=0) + 1))
