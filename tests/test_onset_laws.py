@@ -34,3 +34,5 @@ def test_pooled_noise_scale_weights_windows_by_steps():
     assert pooled_noise_scale(records, until_step=600) == pytest.approx(19.0 / 1.001)  # not the mean of 10 and 9000
     assert pooled_noise_scale(records) == pytest.approx((3000 + 2700 + 3000) / (300 + 0.3 + 100))
     assert pooled_noise_scale(records[3:]) is None
+    unresolved = [{"step": 300, "grad_sq": 1.0, "grad_trace_cov": -3.0, "noise_scale_steps": 300}]
+    assert pooled_noise_scale(unresolved) is None, "a negative tr(Sigma) estimate is not a noise scale"
