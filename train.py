@@ -389,7 +389,8 @@ def forward_dtype(flag: str, device: torch.device) -> torch.dtype:
     `auto` is bf16 on CUDA, and on a CPU only where the CPU has native bf16. Elsewhere oneDNN emulates
     bf16, and `tiny` trained 6.6x slower in bf16 than in fp32 (1.5k against 9.8k tokens/s, one thread,
     ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2 on an AVX512-BF16 EPYC): the README's default
-    run would take an hour instead of minutes on most laptops and CI machines."""
+    run would take some 45 minutes instead of 7 on CPUs without it (Intel's client CPUs, AMD's
+    before Zen 4)."""
     if flag == "fp32" or (flag == "auto" and device.type == "cpu" and not cpu_has_native_bf16()):
         return torch.float32
     return torch.bfloat16
