@@ -19,17 +19,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-CSVS = {"round 1": HERE.parent / "tiny-search-2.csv", "round 2 (sink)": HERE.parent / "tiny-search-3.csv",
-        "round 3 (depth, width, batch)": HERE.parent / "tiny-search-4.csv"}
+# each round of the search: its runs, the marker of its screens, the colour of its validation runs
+ROUNDS = {"round 1": ("tiny-search-2.csv", "o", "tab:orange"),
+          "round 2 (sink)": ("tiny-search-3.csv", "^", "tab:red"),
+          "round 3 (depth, width, batch)": ("tiny-search-4.csv", "s", "tab:purple")}
 COLORS = {"screen": "tab:gray", "long": "tab:blue", "validate": "tab:red", "reference": "black"}
-MARKERS = {"round 1": "o", "round 2 (sink)": "^", "round 3 (depth, width, batch)": "s"}
-VALIDATE_COLORS = {"round 1": "tab:orange", "round 2 (sink)": "tab:red", "round 3 (depth, width, batch)": "tab:purple"}
 
 
 def main() -> None:
     fig, ax = plt.subplots(figsize=(8.5, 5), dpi=120)
     points = []
-    for search, path in CSVS.items():
+    for search, (name, screen_marker, validate_color) in ROUNDS.items():
+        path = HERE.parent / name
         if not path.is_file():
             continue
         rows = [r for r in csv.DictReader(open(path)) if r["final_copy_acc"] not in ("", "None")]
@@ -40,8 +41,8 @@ def main() -> None:
             xs = [float(r["wall_s"]) / 60 for r in sel]
             ys = [float(r["final_copy_acc"]) for r in sel]
             points += list(zip(xs, ys, strict=True))
-            marker = "X" if phase == "reference" else ("*" if phase == "validate" else MARKERS[search])
-            color = VALIDATE_COLORS[search] if phase == "validate" else color
+            marker = "X" if phase == "reference" else ("*" if phase == "validate" else screen_marker)
+            color = validate_color if phase == "validate" else color
             ax.scatter(xs, ys, c=color, marker=marker, s=90 if marker == "*" else 30, zorder=3,
                        label=f"{search}: {phase}" if phase != "reference" else "old default (issue 15)")
     # the frontier: the best final copy accuracy reached at or below each wall time
