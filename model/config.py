@@ -33,6 +33,10 @@ class LlamaConfig:
     tie_embeddings: bool = False
     dropout: float = 0.0  # on attention probabilities and on each residual branch
     init_std: float = 0.02
+    # biases on the q, k, v and output projections (HF LlamaConfig.attention_bias): a query or
+    # key bias is a direction shared by every position, which lets layer 0 attend by relative
+    # position under RoPE before its token embeddings have any common component
+    attention_bias: bool = False
     attention: str = "auto"
     norm: str = "auto"
     mlp: str = "auto"

@@ -8,7 +8,8 @@ run's tokenizer (tokenizer.json, tokenizer_config.json) for `AutoTokenizer.from_
 A raw-bytes run gets a byte tokenizer whose ids are the bytes themselves (0-255; 256 = end of text).
 
 Our Llama already uses HF's conventions (rotate_half RoPE, RMSNorm in fp32 with the weight applied
-after casting back, no biases), so the only translation is of names and of the packed weights:
+after casting back, biases only on the attention projections and only with attention_bias), so
+the only translation is of names and of the packed weights:
 `wqkv` is [q; k; v] rows and `w_gate_up` is [gate; up] rows. The logits agree to fp32 rounding.
 
 transformers and safetensors (the `hf` extra) are imported inside the functions that need them, so
@@ -48,6 +49,11 @@ BLOCK_WEIGHTS = {
     "mlp.w_gate_up.weight": ("mlp.gate_proj.weight", "mlp.up_proj.weight"),
     "mlp.w_down.weight": ("mlp.down_proj.weight",),
 }
+# With attention_bias (HF's field of the same name), the projections' biases, packed like their weights.
+ATTENTION_BIASES = {
+    "attn.wqkv.bias": ("self_attn.q_proj.bias", "self_attn.k_proj.bias", "self_attn.v_proj.bias"),
+    "attn.wo.bias": ("self_attn.o_proj.bias",),
+}
 TOP_WEIGHTS = {"embed.weight": "model.embed_tokens.weight", "norm.weight": "model.norm.weight",
                "lm_head.weight": "lm_head.weight"}
 # Buffers some older HF checkpoints saved; recomputed from the config, so they are skipped on load.
@@ -77,7 +83,13 @@ def _require(module: str):
 def _packed_rows(cfg: LlamaConfig, name: str) -> list[int]:
     """Rows of each HF weight packed into our block weight `name` (wqkv or w_gate_up), in order."""
     q_rows, kv_rows = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
-    return [q_rows, kv_rows, kv_rows] if name == "attn.wqkv.weight" else [cfg.d_mlp, cfg.d_mlp]
+    return [q_rows, kv_rows, kv_rows] if name.startswith("attn.wqkv.") else [cfg.d_mlp, cfg.d_mlp]
+
+
+def block_tensors(cfg: LlamaConfig) -> dict[str, tuple[str, ...]]:
+    """Per block: our tensor -> the HF tensors it packs (BLOCK_WEIGHTS, plus the attention biases
+    when the model has them)."""
+    return {**BLOCK_WEIGHTS, **(ATTENTION_BIASES if cfg.attention_bias else {})}
 
 
 def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict[str, torch.Tensor]:
@@ -85,7 +97,7 @@ def to_hf_state_dict(state: dict[str, torch.Tensor], cfg: LlamaConfig) -> dict[s
     HF ties it to the embedding itself and expects the key."""
     out = {hf: state[ours] for ours, hf in TOP_WEIGHTS.items()}
     for i in range(cfg.n_layers):
-        for ours, hf_names in BLOCK_WEIGHTS.items():
+        for ours, hf_names in block_tensors(cfg).items():
             weight = state[f"blocks.{i}.{ours}"]
             parts = weight.split(_packed_rows(cfg, ours)) if len(hf_names) > 1 else (weight,)
             out.update({f"model.layers.{i}.{hf}": part for hf, part in zip(hf_names, parts, strict=True)})
@@ -109,7 +121,7 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: LlamaConfig) -> d
     for ours, hf in TOP_WEIGHTS.items():
         out[ours] = take(hf)
     for i in range(cfg.n_layers):
-        for ours, hf_names in BLOCK_WEIGHTS.items():
+        for ours, hf_names in block_tensors(cfg).items():
             out[f"blocks.{i}.{ours}"] = torch.cat([take(f"model.layers.{i}.{hf}") for hf in hf_names])
     unexpected = sorted(set(hf_state) - used)
     if unexpected:
@@ -128,7 +140,7 @@ def to_hf_config(cfg: LlamaConfig, eos_token_id: int | None = None) -> transform
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
         head_dim=cfg.head_dim, hidden_act="silu", max_position_embeddings=cfg.context,
         initializer_range=cfg.init_std, rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings,
-        rope_theta=cfg.rope_theta, attention_bias=False, mlp_bias=False,
+        rope_theta=cfg.rope_theta, attention_bias=cfg.attention_bias, mlp_bias=False,
         bos_token_id=None, eos_token_id=eos_token_id, pad_token_id=None, architectures=["LlamaForCausalLM"],
     )
 
@@ -153,9 +165,8 @@ def model_shape_from_hf(hf_config) -> dict:
         raise ValueError(f"model_type {hf['model_type']!r} is not supported: only 'llama' checkpoints load")
     if hf["hidden_act"] not in ("silu", "swish"):  # two names of one function
         raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported: grokcopy's MLP is SwiGLU (silu)")
-    for name in ("attention_bias", "mlp_bias"):
-        if hf[name]:
-            raise ValueError(f"{name} = true is not supported: grokcopy's Llama has no biases")
+    if hf["mlp_bias"]:
+        raise ValueError("mlp_bias = true is not supported: grokcopy's MLP has no biases")
     rope_field, rope_type, theta = _rope_type_and_theta(hf)
     if rope_type not in (None, "default"):
         raise ValueError(f"{rope_field} of type {rope_type!r} is not supported: grokcopy's RoPE is the "
@@ -170,7 +181,7 @@ def model_shape_from_hf(hf_config) -> dict:
         "n_kv_heads": None if kv_heads in (None, n_heads) else kv_heads, "d_model": d_model,
         "d_mlp": hf["intermediate_size"], "context": hf["max_position_embeddings"], "rope_theta": theta,
         "norm_eps": hf["rms_norm_eps"], "tie_embeddings": bool(hf["tie_word_embeddings"]),
-        "init_std": hf["initializer_range"],
+        "init_std": hf["initializer_range"], "attention_bias": bool(hf["attention_bias"]),
     }
 
 

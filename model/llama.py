@@ -99,8 +99,8 @@ class Attention(nn.Module):
         super().__init__()
         self.cfg, self.backend = cfg, OpBackend("attention", cfg.attention)
         hd = cfg.head_dim
-        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * hd, bias=False)
-        self.wo = nn.Linear(cfg.n_heads * hd, cfg.d_model, bias=False)
+        self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * hd, bias=cfg.attention_bias)
+        self.wo = nn.Linear(cfg.n_heads * hd, cfg.d_model, bias=cfg.attention_bias)
 
     def forward(self, x, cos, sin, targets=None):
         """x [B, T, d_model] -> ([B, T, d_model], AttentionStats or None)."""
@@ -160,10 +160,12 @@ class Llama(nn.Module):
 
     def reset_parameters(self) -> None:
         """Llama initialisation (as HF's LlamaPreTrainedModel): every weight matrix and the
-        embedding ~ N(0, init_std), norm weights 1."""
+        embedding ~ N(0, init_std), biases 0, norm weights 1."""
         for module in self.modules():
             if isinstance(module, (nn.Linear, nn.Embedding)):
                 nn.init.normal_(module.weight, mean=0.0, std=self.cfg.init_std)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
 

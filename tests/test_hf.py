@@ -24,16 +24,20 @@ pytest.importorskip("safetensors", reason="needs the hf extra: pip install -e '.
 GQA = LlamaConfig(vocab_size=257, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64, d_mlp=96, context=64,
                   rope_theta=5000.0, norm_eps=1e-5, tie_embeddings=True)
 TINY = PRESETS["tiny"].model
+BIASED = LlamaConfig(vocab_size=257, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64, d_mlp=96, context=64,
+                     attention_bias=True)
 BYTES_META = {"tokenizer": {"kind": "bytes", "file": None, "eot_id": 256}, "vocab_size": 257}
 
 
 def random_model(cfg: LlamaConfig) -> Llama:
-    """A Llama whose norm weights are random too, so swapping two norms cannot go unnoticed."""
+    """A Llama whose norm weights and biases are random too, so swapping two cannot go unnoticed."""
     model = Llama(cfg)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
                 p.copy_(1 + 0.2 * torch.randn_like(p))
+            elif name.endswith(".bias"):
+                p.copy_(0.2 * torch.randn_like(p))
     return model.eval()
 
 
@@ -63,7 +67,7 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return float((ours - theirs).abs().max() / ours.abs().max())
 
 
-@pytest.mark.parametrize("cfg", [GQA, TINY], ids=["gqa-tied", "tiny"])
+@pytest.mark.parametrize("cfg", [GQA, TINY, BIASED], ids=["gqa-tied", "tiny", "gqa-attention-bias"])
 def test_export_loads_in_transformers_with_our_logits_and_round_trips(cfg, tmp_path, bpe_corpus):
     model = random_model(cfg)
     corpus_dir, meta = bpe_corpus
@@ -128,7 +132,6 @@ GOOD = dict(vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_lay
 
 
 @pytest.mark.parametrize("bad, field", [
-    (dict(attention_bias=True), "attention_bias"),
     (dict(mlp_bias=True), "mlp_bias"),
     (dict(hidden_act="gelu"), "hidden_act"),
     (dict(rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0}), "rope_parameters"),

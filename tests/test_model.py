@@ -90,6 +90,15 @@ def test_grouped_kv_heads_match_repeated_heads():
     torch.testing.assert_close(out, full)
 
 
+def test_attention_bias_sits_on_the_attention_projections_and_starts_at_zero():
+    """attention_bias (HF's field): q, k, v and output biases, zero at init as in HF; off by default."""
+    model = Llama(LlamaConfig(**SMALL, attention_bias=True))
+    biases = {name: p for name, p in model.named_parameters() if name.endswith(".bias")}
+    assert sorted(biases) == sorted(f"blocks.{i}.attn.{w}.bias" for i in range(2) for w in ("wqkv", "wo"))
+    assert all(not p.any() for p in biases.values())
+    assert not any(name.endswith(".bias") for name, _ in Llama(LlamaConfig(**SMALL)).named_parameters())
+
+
 def test_loss_falls_on_a_fixed_batch():
     torch.manual_seed(0)
     model = Llama(LlamaConfig(**SMALL))

@@ -289,15 +289,18 @@ def test_lr_schedule():
     assert train.lr_at(100, cfg) == 1.0
 
 
-def test_weight_decay_skips_norms():
+@pytest.mark.parametrize("attention_bias, undecayed", [(False, 3), (True, 5)])
+def test_weight_decay_skips_norms_and_biases(attention_bias, undecayed):
     from grokcopy.model import Llama, LlamaConfig
 
-    model = Llama(LlamaConfig(vocab_size=50, n_layers=1, n_heads=2, d_model=16, d_mlp=32, context=16))
+    model = Llama(LlamaConfig(vocab_size=50, n_layers=1, n_heads=2, d_model=16, d_mlp=32, context=16,
+                              attention_bias=attention_bias))
     opt = train.make_optimizer(model, train.TrainConfig(weight_decay=0.1), fused=False)
     decayed, plain = opt.param_groups
     assert decayed["weight_decay"] == 0.1 and plain["weight_decay"] == 0.0
     assert all(p.dim() == 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
-    assert len(plain["params"]) == 3  # two block norms and the final norm
+    # two block norms and the final norm, and with attention_bias the wqkv and wo biases
+    assert len(plain["params"]) == undecayed
 
 
 def test_grad_accum_takes_the_step_one_big_batch_takes(corpus):

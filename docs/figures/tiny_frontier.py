@@ -1,5 +1,5 @@
 """Draw docs/figures/tiny-frontier.png: final exact copy accuracy against wall time for every run of
-the three rounds of the preset search of issue 15 (docs/tiny-search-2.csv, -3.csv, -4.csv; docs/TINY.md).
+the four rounds of the preset search of issue 15 (docs/tiny-search-2.csv to -5.csv; docs/TINY.md).
 
     python docs/figures/tiny_frontier.py
 
@@ -22,7 +22,8 @@ HERE = Path(__file__).resolve().parent
 # each round of the search: its runs, the marker of its screens, the colour of its validation runs
 ROUNDS = {"round 1": ("tiny-search-2.csv", "o", "tab:orange"),
           "round 2 (sink)": ("tiny-search-3.csv", "^", "tab:red"),
-          "round 3 (depth, width, batch)": ("tiny-search-4.csv", "s", "tab:purple")}
+          "round 3 (depth, width, batch)": ("tiny-search-4.csv", "s", "tab:purple"),
+          "round 4 (attention bias)": ("tiny-search-5.csv", "D", "tab:brown")}
 COLORS = {"screen": "tab:gray", "long": "tab:blue", "validate": "tab:red", "reference": "black"}
 
 
