@@ -65,7 +65,7 @@ def main() -> None:
     ax.set_ylim(-0.02, 0.55)
     ax.set_xlim(0, max(15, max((p[0] for p in points), default=0) + 1))
     ax.set_title("tiny preset search (issue 15): exact copy at the end of each run vs wall time")
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 0.92))
+    ax.legend(fontsize=7, loc="upper right", bbox_to_anchor=(1.0, 0.92))
     fig.tight_layout()
     fig.savefig(HERE / "tiny-frontier.png")
 
