@@ -81,7 +81,8 @@ def _require(module: str):
 
 
 def _packed_rows(cfg: LlamaConfig, name: str) -> list[int]:
-    """Rows of each HF weight packed into our block weight `name` (wqkv or w_gate_up), in order."""
+    """Rows of each HF tensor packed into our block tensor `name` (wqkv's weight or bias, or
+    w_gate_up's weight), in order."""
     q_rows, kv_rows = cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim
     return [q_rows, kv_rows, kv_rows] if name.startswith("attn.wqkv.") else [cfg.d_mlp, cfg.d_mlp]
 
