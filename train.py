@@ -569,9 +569,14 @@ class Progress:
         if record and mk.TOKENS_PER_S in record:
             self.shown["tok_s"] = record[mk.TOKENS_PER_S]
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.3f}", copy_gain=f"{self.shown['copy']:+.2f}",
-                             induction=f"{self.shown['induction']:.2f}", tok_s=f"{self.shown['tok_s']:.0f}",
+        self.bar.set_postfix(loss=f"{loss:.3f}", copy_gain=self.shown_as("copy", "+.2f"),
+                             induction=self.shown_as("induction", ".2f"), tok_s=self.shown_as("tok_s", ".0f"),
                              refresh=False)
+
+    def shown_as(self, key: str, spec: str) -> str:
+        """The value formatted, or '-' until the first eval (copy, induction) or log step (tok_s)."""
+        value = self.shown[key]
+        return "-" if math.isnan(value) else format(value, spec)
 
     def close(self) -> None:
         if self.bar is not None:

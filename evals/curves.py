@@ -47,7 +47,24 @@ def run_summary(records: list[dict], wall_s: float) -> str:
             f"repeat acc {evals[-1][mk.REPEAT_ACC]:.2f}; induction score (max head) per layer: "
             + ", ".join(f"{v:.2f}" for v in evals[-1][mk.best_head(mk.INDUCTION)])
         )
+        lines += circuit_note(evals[-1], onsets["copy_surge"])
     return "\n".join(lines)
+
+
+def circuit_note(last_eval: dict, copy_surge: int | None) -> list[str]:
+    """Where the previous-token head sits, and why a run without a surge did not copy when that head
+    is in the last layer: an induction head reads a previous-token head of an earlier layer, so one
+    in the last layer leaves nowhere to build it. Small models lose this race on some seeds
+    (docs/TINY.md: the race is decided in the first ~1,000 steps)."""
+    prev = last_eval.get(mk.best_head(mk.PREVIOUS_TOKEN))
+    if not prev:
+        return []
+    lines = ["previous-token score (max head) per layer: " + ", ".join(f"{v:.2f}" for v in prev)]
+    top = max(range(len(prev)), key=prev.__getitem__)
+    if copy_surge is None and len(prev) > 1 and top == len(prev) - 1:
+        lines.append(f"no copy surge: the strongest previous-token head formed in layer {top}, the last, which leaves "
+                     "no later layer for an induction head to read it; another --seed may surge (docs/TINY.md)")
+    return lines
 
 
 def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:

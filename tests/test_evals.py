@@ -135,8 +135,25 @@ def test_half_max_step_and_summary(tmp_path):
     # the onsets are evals/onsets.py's, the same as evals.report prints
     assert "steps 10" in text and "copy surge (token-level gain >= 0.1) at step 5" in text
     assert "copy onset (half of the maximum gain) at step 5" in text
+    assert "no copy surge" not in text
     plot_curves(records, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("previous_token, surge_gain, says_why", [
+    ([0.05, 0.20, 0.45], 0.05, True),    # no surge, strongest previous-token head in the last layer
+    ([0.05, 0.60, 0.10], 0.05, False),   # no surge, but the head sits where an induction head can read it
+    ([0.05, 0.20, 0.45], 0.40, False),   # a surge: nothing to explain
+])
+def test_summary_says_when_the_previous_token_head_sits_in_the_last_layer(previous_token, surge_gain, says_why):
+    records = [{"step": s, "tokens": 10 * s, "loss": 4.0} for s in range(1, 11)]
+    for r in records[4::5]:
+        r.update(val_loss=4.0, copy_acc=0.0, copy_token_acc=0.3 + surge_gain, copy_control_acc=0.0,
+                 copy_gain=surge_gain, copy_control_token_acc=0.3, repeat_acc=0.0, induction_max=[0.0, 0.0, 0.01],
+                 previous_token_max=previous_token)
+    text = run_summary(records, wall_s=60)
+    assert "previous-token score (max head) per layer: " + ", ".join(f"{v:.2f}" for v in previous_token) in text
+    assert ("no copy surge: the strongest previous-token head formed in layer 2, the last" in text) == says_why
 
 
 def test_trained_tokens_are_the_ids_seen_often_enough():

@@ -289,6 +289,21 @@ def test_lr_schedule():
     assert train.lr_at(100, cfg) == 1.0
 
 
+def test_progress_bar_shows_a_dash_until_there_is_a_value():
+    from grokcopy.evals import metric_keys as mk
+
+    def shown():  # tqdm orders the postfix fields by name
+        return dict(field.split("=") for field in progress.bar.postfix.split(", "))
+
+    progress = train.Progress(train.TrainConfig(max_steps=10, quiet=False), 0, master=True)
+    progress.update(3.5, None)
+    assert shown() == {"loss": "3.500", "copy_gain": "-", "induction": "-", "tok_s": "-"}
+    progress.update(3.25, {mk.COPY_TOKEN_ACC: 0.30, mk.COPY_CONTROL_TOKEN_ACC: 0.05,
+                           mk.best_head(mk.INDUCTION): [0.1, 0.4], mk.TOKENS_PER_S: 1234.4})
+    assert shown() == {"loss": "3.250", "copy_gain": "+0.25", "induction": "0.40", "tok_s": "1234"}
+    progress.close()
+
+
 @pytest.mark.parametrize("attention_bias, undecayed", [(False, 3), (True, 5)])
 def test_weight_decay_skips_norms_and_biases(attention_bias, undecayed):
     from grokcopy.model import Llama, LlamaConfig
