@@ -23,7 +23,8 @@ HERE = Path(__file__).resolve().parent
 ROUNDS = {"round 1": ("tiny-search-2.csv", "o", "tab:orange"),
           "round 2 (sink)": ("tiny-search-3.csv", "^", "tab:red"),
           "round 3 (depth, width, batch)": ("tiny-search-4.csv", "s", "tab:purple"),
-          "round 4 (attention bias)": ("tiny-search-5.csv", "D", "tab:brown")}
+          "round 4 (attention bias)": ("tiny-search-5.csv", "D", "tab:brown"),
+          "round 5 (the race at step 900)": ("tiny-search-6.csv", "h", "tab:green")}
 COLORS = {"screen": "tab:gray", "long": "tab:blue", "validate": "tab:red", "reference": "black"}
 
 
