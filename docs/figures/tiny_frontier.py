@@ -1,5 +1,5 @@
 """Draw docs/figures/tiny-frontier.png: final exact copy accuracy against wall time for every run of
-the four rounds of the preset search of issue 15 (docs/tiny-search-2.csv to -5.csv; docs/TINY.md).
+the five rounds of the preset search of issue 15 (docs/tiny-search-2.csv to -6.csv; docs/TINY.md).
 
     python docs/figures/tiny_frontier.py
 
