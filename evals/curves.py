@@ -36,9 +36,10 @@ def run_summary(records: list[dict], wall_s: float) -> str:
         ))
         best = max(evals, key=lambda r: r[mk.COPY_GAIN])
         onsets = run_onsets(records)
+        at = lambda step: "none" if step is None else f"step {step:,}"
         lines.append(
-            f"loss plateau at step {onsets['plateau']}; copy surge (token-level gain >= {COPY_SURGE_LEVEL}) at "
-            f"step {onsets['copy_surge']}; copy onset (half of the maximum gain) at step {onsets['copy_onset']}")
+            f"loss plateau: {at(onsets['plateau'])}; copy surge (token-level gain >= {COPY_SURGE_LEVEL}): "
+            f"{at(onsets['copy_surge'])}; copy onset (half of the maximum gain): {at(onsets['copy_onset'])}")
         lines.append(
             f"copy acc {evals[-1][mk.COPY_ACC]:.2f} (control {evals[-1][mk.COPY_CONTROL_ACC]:.2f}), best gain "
             f"{best[mk.COPY_GAIN]:+.2f} at step {best[mk.STEP]}"

@@ -133,8 +133,10 @@ def test_half_max_step_and_summary(tmp_path):
                  copy_control_token_acc=0.2, repeat_acc=0.2, induction_max=[0.1, 0.3])
     text = run_summary(records, wall_s=120)
     # the onsets are evals/onsets.py's, the same as evals.report prints
-    assert "steps 10" in text and "copy surge (token-level gain >= 0.1) at step 5" in text
-    assert "copy onset (half of the maximum gain) at step 5" in text
+    assert "steps 10" in text and "copy surge (token-level gain >= 0.1): step 5" in text
+    assert "copy onset (half of the maximum gain): step 5" in text
+    # an onset the run did not reach reads "none", not Python's None
+    assert "loss plateau: none" in text and "None" not in text
     assert "no copy surge" not in text
     plot_curves(records, tmp_path / "c.png")
     assert (tmp_path / "c.png").stat().st_size > 10_000
