@@ -1,5 +1,5 @@
 """Draw docs/figures/tiny-frontier.png: final exact copy accuracy against wall time for every run of
-the five rounds of the preset search of issue 15 (docs/tiny-search-2.csv to -6.csv; docs/TINY.md).
+the six rounds of the preset search of issue 15 (docs/tiny-search-2.csv to -7.csv; docs/TINY.md).
 
     python docs/figures/tiny_frontier.py
 
@@ -24,7 +24,8 @@ ROUNDS = {"round 1": ("tiny-search-2.csv", "o", "tab:orange"),
           "round 2 (sink)": ("tiny-search-3.csv", "^", "tab:red"),
           "round 3 (depth, width, batch)": ("tiny-search-4.csv", "s", "tab:purple"),
           "round 4 (attention bias)": ("tiny-search-5.csv", "D", "tab:brown"),
-          "round 5 (the race at step 900)": ("tiny-search-6.csv", "h", "tab:green")}
+          "round 5 (the race at step 900)": ("tiny-search-6.csv", "h", "tab:green"),
+          "round 6 (more race levers)": ("tiny-search-7.csv", "P", "tab:cyan")}
 COLORS = {"screen": "tab:gray", "long": "tab:blue", "validate": "tab:red", "reference": "black"}
 
 
