@@ -52,8 +52,9 @@ from grokcopy.evals.copying import (
     repeat_metrics,
     trained_tokens,
 )
-from grokcopy.evals.curves import plot_curves, run_summary
+from grokcopy.evals.curves import plot_curves, race_warning, run_summary
 from grokcopy.evals.noise_scale import NoiseScaleMeter
+from grokcopy.evals.onsets import COPY_SURGE_LEVEL, copy_token_gain
 from grokcopy.evals.scores import batch_text_scores, text_scores, text_targets
 from grokcopy.evals.tensorboard import TensorBoardLog, tensorboard_available
 from grokcopy.evals.wandb_log import WandbLog, wandb_available
@@ -559,13 +560,19 @@ class Progress:
 
             self.bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True)
         self.shown = {"copy": float("nan"), "induction": float("nan"), "tok_s": float("nan")}
+        self.surged = self.warned = False  # for race_warning: said at most once, and never after a surge
 
     def update(self, loss: float, record: dict | None) -> None:
         if self.bar is None:
             return
         if record and mk.COPY_TOKEN_ACC in record:
-            self.shown["copy"] = record[mk.COPY_TOKEN_ACC] - record[mk.COPY_CONTROL_TOKEN_ACC]
+            self.shown["copy"] = copy_token_gain(record)
             self.shown["induction"] = max(record[mk.best_head(mk.INDUCTION)])
+            self.surged = self.surged or self.shown["copy"] >= COPY_SURGE_LEVEL
+            warning = None if self.warned else race_warning(record, self.surged)
+            if warning:
+                self.bar.write(warning)
+                self.warned = True
         if record and mk.TOKENS_PER_S in record:
             self.shown["tok_s"] = record[mk.TOKENS_PER_S]
         self.bar.update(1)

@@ -52,6 +52,22 @@ def run_summary(records: list[dict], wall_s: float) -> str:
     return "\n".join(lines)
 
 
+# A previous-token head this strong in the last layer, before any copy surge, is the early sign of
+# a run that lost the race for it. Over the 27 full-length runs of the issue-15 search still on disk
+# (docs/TINY.md round 6) it came at step 600-1,200 in 10 of the 15 that surged late or never, and in
+# 1 of the 16 that surged by mid-run (2 layers with the attention bias, surge at 47%).
+LATE_PREVIOUS_TOKEN_LEVEL = 0.3
+
+
+def last_layer_previous_token(eval_record: dict) -> float | None:
+    """The last layer's previous-token score (max head) when that layer holds the model's strongest
+    previous-token head, else None (also for one-layer models and records without the scores)."""
+    prev = eval_record.get(mk.best_head(mk.PREVIOUS_TOKEN))
+    if not prev or len(prev) < 2 or max(prev) != prev[-1]:
+        return None
+    return prev[-1]
+
+
 def circuit_note(last_eval: dict, copy_surge: int | None) -> list[str]:
     """Where the previous-token head sits, and why a run without a surge did not copy when that head
     is in the last layer: an induction head reads a previous-token head of an earlier layer, so one
@@ -61,11 +77,24 @@ def circuit_note(last_eval: dict, copy_surge: int | None) -> list[str]:
     if not prev:
         return []
     lines = ["previous-token score (max head) per layer: " + ", ".join(f"{v:.2f}" for v in prev)]
-    top = max(range(len(prev)), key=prev.__getitem__)
-    if copy_surge is None and len(prev) > 1 and top == len(prev) - 1:
-        lines.append(f"no copy surge: the strongest previous-token head formed in layer {top}, the last, which leaves "
-                     "no later layer for an induction head to read it; another --seed may surge (docs/TINY.md)")
+    if copy_surge is None and last_layer_previous_token(last_eval) is not None:
+        lines.append(f"no copy surge: the strongest previous-token head formed in layer {len(prev) - 1}, the last, "
+                     "which leaves no later layer for an induction head to read it; another --seed may surge "
+                     "(docs/TINY.md)")
     return lines
+
+
+def race_warning(eval_record: dict, surged: bool) -> str | None:
+    """The line to print during training when an eval shows the previous-token head forming in the
+    last layer (score >= LATE_PREVIOUS_TOKEN_LEVEL) and no eval so far has reached the copy surge
+    (`surged`): the user learns at step ~900 what the closing summary would tell them at the end."""
+    score = last_layer_previous_token(eval_record)
+    if surged or score is None or score < LATE_PREVIOUS_TOKEN_LEVEL:
+        return None
+    last = len(eval_record[mk.best_head(mk.PREVIOUS_TOKEN)]) - 1
+    return (f"step {eval_record[mk.STEP]:,}: the strongest previous-token head ({score:.2f}) is forming in layer "
+            f"{last}, the last, where no later layer can build an induction head on it; small models that do this "
+            "rarely show copying by mid-run (docs/TINY.md, rounds 5-6). Another --seed is a fresh draw.")
 
 
 def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:

@@ -13,7 +13,7 @@ from grokcopy.evals.copying import (
     make_repeat_batch,
     repeat_metrics,
 )
-from grokcopy.evals.curves import plot_curves, run_summary
+from grokcopy.evals.curves import plot_curves, race_warning, run_summary
 from grokcopy.evals.onsets import half_max_step
 from grokcopy.evals.targets import second_copy_targets
 from grokcopy.kernels.reference import AttentionStats
@@ -156,6 +156,22 @@ def test_summary_says_when_the_previous_token_head_sits_in_the_last_layer(previo
     text = run_summary(records, wall_s=60)
     assert "previous-token score (max head) per layer: " + ", ".join(f"{v:.2f}" for v in previous_token) in text
     assert ("no copy surge: the strongest previous-token head formed in layer 2, the last" in text) == says_why
+
+
+@pytest.mark.parametrize("previous_token, surged, warns", [
+    ([0.04, 0.16, 0.45], False, True),   # the last layer leads (seed 5's step 900 in docs/TINY.md)
+    ([0.04, 0.45, 0.12], False, False),  # layer 1 leads: an induction head can read it
+    ([0.04, 0.10, 0.20], False, False),  # the last layer leads, but nothing has formed yet
+    ([0.04, 0.16, 0.45], True, False),   # a surge already: copying works, nothing to warn about
+    ([0.90], False, False),              # one layer: there is no earlier layer to compare with
+])
+def test_race_warning_names_a_previous_token_head_in_the_last_layer(previous_token, surged, warns):
+    record = {"step": 900, "previous_token_max": previous_token}
+    line = race_warning(record, surged)
+    assert (line is not None) == warns
+    if warns:
+        assert line.startswith("step 900: the strongest previous-token head (0.45) is forming in layer 2, the last")
+    assert race_warning({"step": 900}, False) is None  # a run that logs no previous-token scores
 
 
 def test_trained_tokens_are_the_ids_seen_often_enough():

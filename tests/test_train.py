@@ -304,6 +304,27 @@ def test_progress_bar_shows_a_dash_until_there_is_a_value():
     progress.close()
 
 
+def test_progress_warns_once_when_the_last_layer_takes_the_previous_token_head(capsys):
+    from grokcopy.evals import metric_keys as mk
+
+    def eval_record(step, gain, previous_token):
+        return {mk.STEP: step, mk.COPY_TOKEN_ACC: 0.3 + gain, mk.COPY_CONTROL_TOKEN_ACC: 0.3,
+                mk.best_head(mk.INDUCTION): [0.0, 0.0, 0.01], mk.best_head(mk.PREVIOUS_TOKEN): previous_token}
+
+    progress = train.Progress(train.TrainConfig(max_steps=2000, quiet=False), 0, master=True)
+    progress.update(3.0, eval_record(600, 0.01, [0.04, 0.14, 0.46]))
+    progress.update(3.0, eval_record(900, 0.01, [0.04, 0.16, 0.49]))
+    progress.close()
+    out = capsys.readouterr().out
+    assert out.count("previous-token head") == 1 and "step 600: the strongest previous-token head (0.46)" in out
+    # a run that surged first is not warned, whatever its last layer does afterwards
+    progress = train.Progress(train.TrainConfig(max_steps=2000, quiet=False), 0, master=True)
+    progress.update(3.0, eval_record(600, 0.25, [0.04, 0.60, 0.10]))
+    progress.update(3.0, eval_record(900, 0.30, [0.04, 0.30, 0.50]))
+    progress.close()
+    assert "previous-token head" not in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("attention_bias, undecayed", [(False, 3), (True, 5)])
 def test_weight_decay_skips_norms_and_biases(attention_bias, undecayed):
     from grokcopy.model import Llama, LlamaConfig
