@@ -560,7 +560,10 @@ class Progress:
 
             self.bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True)
         self.shown = {"copy": float("nan"), "induction": float("nan"), "tok_s": float("nan")}
-        self.surged = self.warned = False  # for race_warning: said at most once, and never after a surge
+        # race_warning: said at most once, never after a surge, and only in the first half of the run
+        # (its claim is about a surge by mid-run; a run resumed past it has its answer)
+        self.surged = self.warned = False
+        self.mid_run = cfg.max_steps // 2
 
     def update(self, loss: float, record: dict | None) -> None:
         if self.bar is None:
@@ -569,7 +572,8 @@ class Progress:
             self.shown["copy"] = copy_token_gain(record)
             self.shown["induction"] = max(record[mk.best_head(mk.INDUCTION)])
             self.surged = self.surged or self.shown["copy"] >= COPY_SURGE_LEVEL
-            warning = None if self.warned else race_warning(record, self.surged)
+            early = record.get(mk.STEP, 0) <= self.mid_run
+            warning = race_warning(record, self.surged) if early and not self.warned else None
             if warning:
                 self.bar.write(warning)
                 self.warned = True

@@ -323,6 +323,11 @@ def test_progress_warns_once_when_the_last_layer_takes_the_previous_token_head(c
     progress.update(3.0, eval_record(900, 0.30, [0.04, 0.30, 0.50]))
     progress.close()
     assert "previous-token head" not in capsys.readouterr().out
+    # nor is a run past mid-run (resumed there, say): its surge-by-mid-run question is answered
+    progress = train.Progress(train.TrainConfig(max_steps=2000, quiet=False), 1500, master=True)
+    progress.update(3.0, eval_record(1500, 0.01, [0.04, 0.16, 0.49]))
+    progress.close()
+    assert "previous-token head" not in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("attention_bias, undecayed", [(False, 3), (True, 5)])
