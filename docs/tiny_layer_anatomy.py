@@ -19,41 +19,34 @@ import numpy as np
 import torch
 
 from grokcopy.data.corpus import open_corpus
-from grokcopy.model.llama import apply_rope, rope_tables
+from grokcopy.evals.scores import target_mass_scores
 from grokcopy.model.run_dir import load_checkpoint, resolve_checkpoint
 
 WINDOWS, WINDOW, FIRST_QUERY = 16, 256, 10
 
 
+def offset_targets(batch: int, T: int, offset: int) -> torch.Tensor:
+    """Key t - offset for queries t >= FIRST_QUERY, -1 (not scored) before: int64 [batch, T, 1]."""
+    t = torch.arange(T)
+    return torch.where(t >= FIRST_QUERY, t - offset, -1).expand(batch, T)[:, :, None].clone()
+
+
+@torch.no_grad()
 def layer_rows(model, idx: torch.Tensor) -> list[str]:
     """One line per layer of `model` on token windows idx [B, T] int64."""
-    cfg = model.cfg
     inputs: list[torch.Tensor] = []
     hooks = [block.attn.register_forward_hook(lambda m, args, out: inputs.append(args[0])) for block in model.blocks]
-    with torch.no_grad():
-        model(idx)
+    model(idx)
     for hook in hooks:
         hook.remove()
-    B, T = idx.shape
-    cos, sin = rope_tables(T, cfg.head_dim, cfg.rope_theta, idx.device)
-    queries = torch.arange(FIRST_QUERY, T)
+    # [offset, layer, head]: the model's own attention-stats path, as the run's previous-token score
+    mass = torch.stack([target_mass_scores(model, idx, offset_targets(*idx.shape, o), "cpu") for o in (0, 1, 2)])
     rows = []
-    for layer, (block, x) in enumerate(zip(model.blocks, inputs, strict=True)):
+    for layer, x in enumerate(inputs):
         body = x[:, 1:]  # without the sink position
         shared = (body.mean((0, 1)).norm() / body.norm(dim=-1).mean()).item()
-        with torch.no_grad():
-            q, k, _ = block.attn.wqkv(x).split(
-                [cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim], dim=-1)
-            q = apply_rope(q.view(B, T, cfg.n_heads, cfg.head_dim), cos, sin).transpose(1, 2)
-            k = apply_rope(k.view(B, T, cfg.kv_heads, cfg.head_dim), cos, sin).transpose(1, 2)
-            k = k.repeat_interleave(cfg.n_heads // cfg.kv_heads, dim=1)
-            scores = (q @ k.transpose(-1, -2)) / cfg.head_dim**0.5
-            causal = torch.ones(T, T, dtype=torch.bool, device=idx.device).triu(1)
-            probs = scores.masked_fill(causal, float("-inf")).softmax(-1)
-        heads = []
-        for head in range(cfg.n_heads):
-            mass = [probs[:, head, queries, queries - offset].mean().item() for offset in (0, 1, 2)]
-            heads.append(f"head {head}: t {mass[0]:.2f} t-1 {mass[1]:.2f} t-2 {mass[2]:.2f}")
+        per_head = mass[:, layer].T.tolist()  # [head, offset]
+        heads = [f"head {h}: t {m[0]:.2f} t-1 {m[1]:.2f} t-2 {m[2]:.2f}" for h, m in enumerate(per_head)]
         rows.append(f"  layer {layer}: shared fraction {shared:.2f} | " + " | ".join(heads))
     return rows
 
