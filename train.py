@@ -266,8 +266,10 @@ def gather(obj, world: int) -> list:
 
 
 def model_shape(model_config: dict) -> dict:
-    """A model config without its backend choices: a run may resume on other kernels (say CPU -> GPU)."""
-    return {k: v for k, v in model_config.items() if k not in ("attention", "norm", "mlp")}
+    """A model config without its backend choices (a run may resume on other kernels, say CPU -> GPU),
+    with the defaults of fields added since it was written (a checkpoint from before nope_every)."""
+    full = LlamaConfig.from_dict(model_config).to_dict()
+    return {k: v for k, v in full.items() if k not in ("attention", "norm", "mlp")}
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -354,8 +356,10 @@ def open_run_dir(cfg: TrainConfig, model_cfg: LlamaConfig, data_dir: Path, corpu
 
 
 def check_resume(cfg: TrainConfig, model_cfg: LlamaConfig, state: dict, world: int, run: RunDir) -> None:
-    if model_shape(state["model_config"]) != model_shape(model_cfg.to_dict()):
-        raise ConfigError(f"--out {run.path} holds a run of another model shape; choose another --out")
+    theirs, ours = model_shape(state["model_config"]), model_shape(model_cfg.to_dict())
+    if theirs != ours:
+        listed = ", ".join(f"{k} {theirs[k]!r} -> {ours[k]!r}" for k in theirs if theirs[k] != ours[k])
+        raise ConfigError(f"--out {run.path} holds a run of another model shape ({listed}); choose another --out")
     if len(state["sampler"]) != world:
         raise ConfigError(f"--out {run.path} was trained on {len(state['sampler'])} rank(s), this run has {world}: "
                           "resume with the same number of processes")

@@ -18,8 +18,8 @@ MLP_BACKENDS = ("auto", "torch", "triton")
 @dataclass
 class LlamaConfig:
     """Shape and behaviour of a Llama: pre-RMSNorm blocks, RoPE attention (optionally grouped KV
-    heads), SwiGLU MLP. `attention`, `norm` and `mlp` pick each op's backend ("auto": the fastest
-    available on the device the model runs on)."""
+    heads, optionally NoPE layers), SwiGLU MLP. `attention`, `norm` and `mlp` pick each op's
+    backend ("auto": the fastest available on the device the model runs on)."""
 
     vocab_size: int = 32000
     n_layers: int = 12
@@ -37,6 +37,11 @@ class LlamaConfig:
     # key bias is a direction shared by every position, which lets layer 0 attend by relative
     # position under RoPE before its token embeddings have any common component
     attention_bias: bool = False
+    # every Nth layer (N-1, 2N-1, ... counting from 0) attends without RoPE: HF SmolLM3's
+    # no_rope_layer_interval (Llama 4 does the same with N = 4); 0: RoPE in every layer. Such a
+    # layer sees no relative position, so it cannot become a previous-token head, and an
+    # induction head there matches content alone (docs/TINY.md, round 7)
+    nope_every: int = 0
     attention: str = "auto"
     norm: str = "auto"
     mlp: str = "auto"
@@ -53,6 +58,10 @@ class LlamaConfig:
         """Key/value heads: n_kv_heads, or n_heads when that is None (so it follows --n-heads)."""
         return self.n_heads if self.n_kv_heads is None else self.n_kv_heads
 
+    def uses_rope(self, layer: int) -> bool:
+        """Whether block `layer` (0-based) rotates its queries and keys (see nope_every)."""
+        return self.nope_every == 0 or (layer + 1) % self.nope_every != 0
+
     def validate(self) -> None:
         """Raise ValueError naming the field for any inconsistent value."""
         for name in ("vocab_size", "n_layers", "n_heads", "kv_heads", "d_model", "d_mlp", "context"):
@@ -64,6 +73,8 @@ class LlamaConfig:
             raise ValueError(f"head_dim = d_model / n_heads = {self.head_dim} must be even for RoPE")
         if self.n_heads % self.kv_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads ({self.kv_heads})")
+        if self.nope_every < 0:
+            raise ValueError(f"nope_every must be >= 0 (0: RoPE in every layer), got {self.nope_every}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
         for name, allowed in (("attention", ATTENTION_BACKENDS), ("norm", NORM_BACKENDS), ("mlp", MLP_BACKENDS)):
@@ -176,24 +187,23 @@ class Preset:
 
 PRESETS: dict[str, Preset] = {
     # The embedded default for the 2-core CPU, chosen by the searches in docs/TINY.md (the last: its
-    # "Issue 15" section). Three layers, not two: the previous-token head forms in layer 1 and the
-    # induction head needs a layer after it (4 layers or 4 heads cost more per step and surged no
-    # earlier). init_std 0.006 instead of 0.02: the surge moves from ~5,300 to ~2,400 steps (0.002
-    # is too small). LR 1e-2 at batch 8 (2e-2 stalled on seed 1), cosine to lr/10 (sharpens the
-    # copying after the surge). sink: every window starts with the end-of-text token, an attention
-    # sink; with it the surge came at 1,800-2,700 steps on 5 of 6 seed x thread runs (one at 4,200)
-    # and the median exact copy at the end rose from 0.105 to 0.145. BPE-1024: the same cost per
-    # token as 512, 1.2x the text per token. attention="torch": plain-math attention is 1.07x
-    # faster than sdpa on the CPU. max_steps and
-    # eval_every keep the whole README command (corpus preparation included) under 10 minutes on
-    # one thread of a quiet 2-core x86 CPU (7.6 min measured for this recipe without the sink,
-    # which costs nothing per step).
+    # "Issue 15" section). Three layers: the previous-token head forms in layer 1 and the induction
+    # head in layer 2 reads it. nope_every=3: the last layer attends without RoPE (SmolLM3's NoPE
+    # layers), so it cannot take the previous-token head itself, which it did on about half the
+    # seeds with RoPE everywhere, leaving the circuit no layer above it (round 7). init_std 0.006
+    # instead of 0.02: the surge moves from ~5,300 to ~2,400 steps (0.002 is too small). LR 1e-2 at
+    # batch 8 (2e-2 stalled on seed 1), cosine to lr/10 (sharpens the copying after the surge).
+    # sink: every window starts with the end-of-text token, an attention sink. BPE-1024: the same
+    # cost per token as 512, 1.2x the text per token. attention="torch": plain-math attention is
+    # 1.07x faster than sdpa on the CPU. max_steps and eval_every keep the whole README command
+    # (corpus preparation included) under 10 minutes on one thread of a quiet 2-core x86 CPU.
     "tiny": Preset(
         model=LlamaConfig(vocab_size=1024, n_layers=3, n_heads=2, d_model=64, d_mlp=256, context=256,
-                          init_std=0.006, attention="torch"),
+                          init_std=0.006, nope_every=3, attention="torch"),
         train=dict(seq_len=256, batch_size=8, lr=1e-2, warmup_steps=200, schedule="cosine", weight_decay=0.1,
                    sink=True, max_steps=6000, eval_every=300, ckpt_every=2000),
-        description="3 layers x d64 on BPE-1024 Python source, small init, attention sink: the CPU default",
+        description="3 layers x d64 (the last without RoPE) on BPE-1024 Python source, small init, attention "
+                    "sink: the CPU default",
     ),
     # The seed paper's model (arXiv 2409.09281): 162M parameters with untied embeddings.
     "paper-162m": Preset(

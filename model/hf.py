@@ -1,9 +1,11 @@
-"""Hugging Face interop: export a run as a `LlamaForCausalLM` directory, load any HF Llama.
+"""Hugging Face interop: export a run as a `LlamaForCausalLM` directory (`SmolLM3ForCausalLM` when
+some layers attend without RoPE, see LlamaConfig.nope_every), load any HF Llama or SmolLM3.
 
     python -m grokcopy.model.hf export RUN_DIR_OR_CHECKPOINT OUT_DIR [--dtype fp32|bf16]
 
 The export holds config.json, model.safetensors and generation_config.json, which
-`transformers.AutoModelForCausalLM.from_pretrained(OUT_DIR)` opens as a LlamaForCausalLM, and the
+`transformers.AutoModelForCausalLM.from_pretrained(OUT_DIR)` opens as a LlamaForCausalLM (or
+SmolLM3ForCausalLM: HF's Llama with NoPE layers, the same weight names), and the
 run's tokenizer (tokenizer.json, tokenizer_config.json) for `AutoTokenizer.from_pretrained(OUT_DIR)`.
 A raw-bytes run gets a byte tokenizer whose ids are the bytes themselves (0-255; 256 = end of text).
 
@@ -134,16 +136,28 @@ def from_hf_state_dict(hf_state: dict[str, torch.Tensor], cfg: LlamaConfig) -> d
 # Config: LlamaConfig <-> HF LlamaConfig
 
 
-def to_hf_config(cfg: LlamaConfig, eos_token_id: int | None = None) -> transformers.LlamaConfig:
-    """The transformers.LlamaConfig of the same model (no BOS token: our corpora have none)."""
-    return _require("transformers").LlamaConfig(
+def no_rope_layers(cfg: LlamaConfig) -> list[int]:
+    """SmolLM3's per-layer flags: 1 where the layer uses RoPE, 0 where it is a NoPE layer."""
+    return [int(cfg.uses_rope(i)) for i in range(cfg.n_layers)]
+
+
+def to_hf_config(cfg: LlamaConfig, eos_token_id: int | None = None) -> transformers.PretrainedConfig:
+    """The transformers config of the same model (no BOS token: our corpora have none): a
+    LlamaConfig, or with NoPE layers (nope_every) a SmolLM3Config, HF's Llama with NoPE layers."""
+    transformers = _require("transformers")
+    shared = dict(
         vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, intermediate_size=cfg.d_mlp,
         num_hidden_layers=cfg.n_layers, num_attention_heads=cfg.n_heads, num_key_value_heads=cfg.kv_heads,
-        head_dim=cfg.head_dim, hidden_act="silu", max_position_embeddings=cfg.context,
+        hidden_act="silu", max_position_embeddings=cfg.context,
         initializer_range=cfg.init_std, rms_norm_eps=cfg.norm_eps, tie_word_embeddings=cfg.tie_embeddings,
         rope_theta=cfg.rope_theta, attention_bias=cfg.attention_bias, mlp_bias=False,
-        bos_token_id=None, eos_token_id=eos_token_id, pad_token_id=None, architectures=["LlamaForCausalLM"],
+        bos_token_id=None, eos_token_id=eos_token_id, pad_token_id=None,
     )
+    if cfg.nope_every:
+        return transformers.SmolLM3Config(**shared, no_rope_layers=no_rope_layers(cfg),
+                                          no_rope_layer_interval=cfg.nope_every, use_sliding_window=False,
+                                          architectures=["SmolLM3ForCausalLM"])
+    return transformers.LlamaConfig(**shared, head_dim=cfg.head_dim, architectures=["LlamaForCausalLM"])
 
 
 def _rope_type_and_theta(hf: dict) -> tuple[str, str | None, float]:
@@ -159,15 +173,22 @@ def _rope_type_and_theta(hf: dict) -> tuple[str, str | None, float]:
 
 
 def model_shape_from_hf(hf_config) -> dict:
-    """LlamaConfig field values (the model shape) of an HF Llama config: a config.json dict or a
-    transformers config object. Raises ValueError naming the field for anything we cannot run."""
-    hf = {**HF_LLAMA_DEFAULTS, **(hf_config.to_dict() if hasattr(hf_config, "to_dict") else hf_config)}
-    if hf.get("model_type", "llama") != "llama":
-        raise ValueError(f"model_type {hf['model_type']!r} is not supported: only 'llama' checkpoints load")
+    """LlamaConfig field values (the model shape) of an HF Llama or SmolLM3 config: a config.json
+    dict or a transformers config object. Raises ValueError naming the field for anything we
+    cannot run."""
+    hf = hf_config.to_dict() if hasattr(hf_config, "to_dict") else dict(hf_config)
+    model_type = hf.get("model_type", "llama")
+    if model_type == "smollm3":  # its defaults are not Llama's: let transformers fill them in
+        hf = _require("transformers").SmolLM3Config(**hf).to_dict()
+    elif model_type != "llama":
+        raise ValueError(f"model_type {model_type!r} is not supported: only 'llama' and 'smollm3' checkpoints load")
+    hf = {**HF_LLAMA_DEFAULTS, **hf}
     if hf["hidden_act"] not in ("silu", "swish"):  # two names of one function
         raise ValueError(f"hidden_act {hf['hidden_act']!r} is not supported: grokcopy's MLP is SwiGLU (silu)")
     if hf["mlp_bias"]:
         raise ValueError("mlp_bias = true is not supported: grokcopy's MLP has no biases")
+    if hf.get("use_sliding_window"):
+        raise ValueError("use_sliding_window = true is not supported: grokcopy's attention is full causal")
     rope_field, rope_type, theta = _rope_type_and_theta(hf)
     if rope_type not in (None, "default"):
         raise ValueError(f"{rope_field} of type {rope_type!r} is not supported: grokcopy's RoPE is the "
@@ -183,7 +204,20 @@ def model_shape_from_hf(hf_config) -> dict:
         "d_mlp": hf["intermediate_size"], "context": hf["max_position_embeddings"], "rope_theta": theta,
         "norm_eps": hf["rms_norm_eps"], "tie_embeddings": bool(hf["tie_word_embeddings"]),
         "init_std": hf["initializer_range"], "attention_bias": bool(hf["attention_bias"]),
+        # a Llama rotates in every layer: a preset's NoPE layers must not leak into its shape
+        "nope_every": 0 if model_type == "llama" else _nope_every(hf["no_rope_layers"], hf["num_hidden_layers"]),
     }
+
+
+def _nope_every(flags: list[int], n_layers: int) -> int:
+    """grokcopy's nope_every for SmolLM3's no_rope_layers (1: RoPE, 0: NoPE, per layer); ValueError
+    when the NoPE layers are not every Nth one, the only pattern grokcopy's config expresses."""
+    flags = [int(bool(f)) for f in flags]
+    for every in range(n_layers + 1):
+        if flags == [int(every == 0 or (i + 1) % every != 0) for i in range(n_layers)]:
+            return every
+    raise ValueError(f"no_rope_layers {flags} is not supported: grokcopy's NoPE layers are every Nth layer "
+                     "(nope_every)")
 
 
 def read_hf_config(path: str | os.PathLike) -> dict:
@@ -308,7 +342,7 @@ def _write_export(source: str | os.PathLike, out_dir: Path, dtype: str, transfor
     run_config = json.loads(run_config_file.read_text()) if run_config_file.is_file() else None
     eos = run_config["data_meta"]["tokenizer"]["eot_id"] if run_config else None
 
-    hf_model = transformers.LlamaForCausalLM(to_hf_config(cfg, eos_token_id=eos))
+    hf_model = transformers.AutoModelForCausalLM.from_config(to_hf_config(cfg, eos_token_id=eos))
     hf_model.load_state_dict(to_hf_state_dict(model.state_dict(), cfg))
     hf_model.to(DTYPES[dtype]).save_pretrained(out_dir)
 
@@ -333,7 +367,7 @@ def _write_export(source: str | os.PathLike, out_dir: Path, dtype: str, transfor
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m grokcopy.model.hf", description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    export = commands.add_parser("export", help="write a run as a Hugging Face LlamaForCausalLM directory")
+    export = commands.add_parser("export", help="write a run as a Hugging Face LlamaForCausalLM (or SmolLM3) directory")
     export.add_argument("source", help="a run directory (its latest checkpoint) or a checkpoint file")
     export.add_argument("out_dir", help="the directory to write")
     export.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weight dtype (default fp32)")

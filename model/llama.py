@@ -1,5 +1,5 @@
 """A minimal Llama: token embedding, pre-RMSNorm blocks (RoPE causal self-attention with optional
-grouped KV heads, SwiGLU MLP), final RMSNorm, LM head.
+grouped KV heads and optional NoPE layers, SwiGLU MLP), final RMSNorm, LM head.
 
 Conventions (the same as Hugging Face's LlamaForCausalLM, so export needs no permutation): RoPE
 rotates the two halves of each head (`rotate_half`), the norm computes in fp32 and multiplies
@@ -93,11 +93,12 @@ class SwiGLU(nn.Module):
 
 
 class Attention(nn.Module):
-    """Causal self-attention with RoPE and grouped KV heads; q, k, v from one packed matmul (wqkv)."""
+    """Causal self-attention with RoPE (unless `rope` is False: a NoPE layer) and grouped KV heads;
+    q, k, v from one packed matmul (wqkv)."""
 
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, rope: bool = True):
         super().__init__()
-        self.cfg, self.backend = cfg, OpBackend("attention", cfg.attention)
+        self.cfg, self.backend, self.rope = cfg, OpBackend("attention", cfg.attention), rope
         hd = cfg.head_dim
         self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * hd, bias=cfg.attention_bias)
         self.wo = nn.Linear(cfg.n_heads * hd, cfg.d_model, bias=cfg.attention_bias)
@@ -108,8 +109,9 @@ class Attention(nn.Module):
         q, k, v = self.wqkv(x).split(
             [cfg.n_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim], dim=-1
         )
-        q = apply_rope(q.view(B, T, cfg.n_heads, cfg.head_dim), cos, sin)
-        k = apply_rope(k.view(B, T, cfg.kv_heads, cfg.head_dim), cos, sin)
+        q, k = q.view(B, T, cfg.n_heads, cfg.head_dim), k.view(B, T, cfg.kv_heads, cfg.head_dim)
+        if self.rope:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = v.view(B, T, cfg.kv_heads, cfg.head_dim)
         dropout_p = cfg.dropout if self.training else 0.0
         out, stats = backends.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
@@ -119,11 +121,11 @@ class Attention(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: LlamaConfig):
+    def __init__(self, cfg: LlamaConfig, rope: bool = True):
         super().__init__()
         self.cfg = cfg
         self.attn_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm)
-        self.attn = Attention(cfg)
+        self.attn = Attention(cfg, rope)
         self.mlp_norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm)
         self.mlp = SwiGLU(cfg.d_model, cfg.d_mlp, cfg.mlp)
         self.dropout = nn.Dropout(cfg.dropout)
@@ -150,7 +152,7 @@ class Llama(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, cfg.uses_rope(i)) for i in range(cfg.n_layers))
         self.norm = RMSNorm(cfg.d_model, cfg.norm_eps, cfg.norm)
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:

@@ -26,6 +26,9 @@ GQA = LlamaConfig(vocab_size=257, n_layers=2, n_heads=4, n_kv_heads=2, d_model=6
 TINY = PRESETS["tiny"].model
 BIASED = LlamaConfig(vocab_size=257, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64, d_mlp=96, context=64,
                      attention_bias=True)
+# NoPE layers (nope_every): exported as HF's SmolLM3, Llama with some layers not rotating q and k
+NOPE = LlamaConfig(vocab_size=257, n_layers=4, n_heads=4, n_kv_heads=2, d_model=64, d_mlp=96, context=64,
+                   nope_every=2)
 BYTES_META = {"tokenizer": {"kind": "bytes", "file": None, "eot_id": 256}, "vocab_size": 257}
 
 
@@ -67,7 +70,7 @@ def relative_error(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return float((ours - theirs).abs().max() / ours.abs().max())
 
 
-@pytest.mark.parametrize("cfg", [GQA, TINY, BIASED], ids=["gqa-tied", "tiny", "gqa-attention-bias"])
+@pytest.mark.parametrize("cfg", [GQA, TINY, BIASED, NOPE], ids=["gqa-tied", "tiny", "gqa-attention-bias", "nope"])
 def test_export_loads_in_transformers_with_our_logits_and_round_trips(cfg, tmp_path, bpe_corpus):
     model = random_model(cfg)
     corpus_dir, meta = bpe_corpus
@@ -76,7 +79,8 @@ def test_export_loads_in_transformers_with_our_logits_and_round_trips(cfg, tmp_p
         p.name for p in out.iterdir()}
 
     hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
-    assert type(hf).__name__ == "LlamaForCausalLM" and hf.dtype == torch.float32
+    assert type(hf).__name__ == ("SmolLM3ForCausalLM" if cfg.nope_every else "LlamaForCausalLM")
+    assert hf.dtype == torch.float32
     assert hf.config.num_key_value_heads == cfg.kv_heads and hf.config.tie_word_embeddings == cfg.tie_embeddings
     tokens = torch.randint(0, cfg.vocab_size, (2, cfg.context))
     with torch.no_grad():
@@ -143,6 +147,16 @@ def test_unsupported_hf_configs_are_refused_by_name(tmp_path, bad, field):
         from_hf(tmp_path)
 
 
+def test_smollm3_configs_load_only_with_every_nth_layer_nope():
+    base = {"model_type": "smollm3", **GOOD, "num_hidden_layers": 4}
+    assert model_shape_from_hf({**base, "no_rope_layers": [1, 0, 1, 0]})["nope_every"] == 2
+    assert model_shape_from_hf({**base, "no_rope_layers": [1, 1, 1, 1]})["nope_every"] == 0
+    with pytest.raises(ValueError, match="no_rope_layers"):
+        model_shape_from_hf({**base, "no_rope_layers": [0, 1, 1, 1]})
+    with pytest.raises(ValueError, match="use_sliding_window"):
+        model_shape_from_hf({**base, "no_rope_layers": [1, 1, 1, 1], "use_sliding_window": True})
+
+
 @pytest.mark.parametrize("bad, field", [
     ({"model_type": "mistral"}, "model_type"),
     ({"rope_scaling": {"type": "dynamic", "factor": 2.0}, "rope_theta": 10000.0}, "rope_scaling"),  # 4.x style
@@ -188,24 +202,25 @@ def test_init_from_hf_trains_from_the_exported_weights(corpus, tmp_path, capsys)
     assert code == 2 and "--d-model 48 contradicts --init-from-hf" in err and "d_model is 32" in err, err
 
 
-def test_transformer_lens_sees_our_induction_scores(tmp_path):
+@pytest.mark.parametrize("cfg", [GQA, NOPE], ids=["gqa-tied", "nope"])
+def test_transformer_lens_sees_our_induction_scores(cfg, tmp_path):
     pytest.importorskip("transformer_lens", reason="transformer-lens is not installed (pip install -e '.[lens]')")
     from transformer_lens.model_bridge import TransformerBridge
 
-    model = random_model(GQA)
+    model = random_model(cfg)
     bridge = TransformerBridge.boot_transformers(str(export_hf(make_run(tmp_path / "run", model), tmp_path / "hf")),
                                                  device="cpu")
-    tokens, periods = make_repeat_batch(GQA.vocab_size - 1, GQA.context, n=8)
+    tokens, periods = make_repeat_batch(cfg.vocab_size - 1, cfg.context, n=8)
     ours = torch.tensor(repeat_metrics(model, tokens, periods, "cpu")["induction"])  # [layers, heads]
 
     with torch.no_grad():
         logits, cache = bridge.run_with_cache(tokens)
         assert relative_error(model(tokens), logits) <= 1e-5
-    targets = second_copy_targets(GQA.context, periods)[..., 0]  # [n, T]: the induction key, -1 outside copy 2
+    targets = second_copy_targets(cfg.context, periods)[..., 0]  # [n, T]: the induction key, -1 outside copy 2
     in_second = (targets >= 0).float()
-    for layer in range(GQA.n_layers):
+    for layer in range(cfg.n_layers):
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"]  # [n, heads, T, T]
-        index = targets.clamp(min=0)[:, None, :, None].expand(-1, GQA.n_heads, -1, 1)
+        index = targets.clamp(min=0)[:, None, :, None].expand(-1, cfg.n_heads, -1, 1)
         on_target = pattern.gather(-1, index)[..., 0] * in_second[:, None]
         theirs = (on_target.sum(-1) / in_second.sum(-1)[:, None]).mean(0)  # mean over copy 2, then sequences
         torch.testing.assert_close(theirs, ours[layer], atol=1e-6, rtol=1e-5)

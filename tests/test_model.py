@@ -99,6 +99,27 @@ def test_attention_bias_sits_on_the_attention_projections_and_starts_at_zero():
     assert not any(name.endswith(".bias") for name, _ in Llama(LlamaConfig(**SMALL)).named_parameters())
 
 
+@pytest.mark.parametrize("nope_every, rope_layers", [(0, [True, True, True]), (3, [True, True, False]),
+                                                     (2, [True, False, True]), (1, [False, False, False])])
+def test_nope_every_names_the_layers_without_rope(nope_every, rope_layers):
+    cfg = LlamaConfig(**{**SMALL, "n_layers": 3}, nope_every=nope_every)
+    assert [block.attn.rope for block in Llama(cfg).blocks] == rope_layers
+
+
+@pytest.mark.parametrize("nope_every", [0, 1])
+def test_a_nope_layer_sees_no_position(nope_every):
+    """One layer: the last query attends over keys and values made from each token alone, so
+    without RoPE shuffling the tokens before it cannot change its logits; with RoPE it must."""
+    torch.manual_seed(0)
+    # a large init, so that attention is far from uniform and position shows when it is seen
+    model = Llama(LlamaConfig(**{**SMALL, "n_layers": 1}, nope_every=nope_every, init_std=0.3)).eval()
+    idx = torch.randint(0, 97, (2, 40))
+    shuffled = torch.cat([idx[:, :-1][:, torch.randperm(39)], idx[:, -1:]], dim=1)
+    with torch.no_grad():
+        change = (model(idx)[:, -1] - model(shuffled)[:, -1]).abs().amax().item()
+    assert change < 1e-4 if nope_every else change > 0.1, change
+
+
 def test_loss_falls_on_a_fixed_batch():
     torch.manual_seed(0)
     model = Llama(LlamaConfig(**SMALL))
@@ -131,7 +152,8 @@ def test_sequence_longer_than_context_is_an_error():
 @pytest.mark.parametrize(
     "field, value, message",
     [("attention", "nope", "unknown attention backend"), ("n_heads", 5, "divisible by n_heads"),
-     ("n_kv_heads", 3, "multiple of n_kv_heads"), ("dropout", 1.5, "dropout must be")],
+     ("n_kv_heads", 3, "multiple of n_kv_heads"), ("dropout", 1.5, "dropout must be"),
+     ("nope_every", -1, "nope_every must be")],
 )
 def test_bad_model_config(field, value, message):
     with pytest.raises(ValueError, match=message):

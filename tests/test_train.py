@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import train
+from grokcopy.model import LlamaConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--vocab-size", "257", "--n-layers", "1", "--d-model", "32", "--n-heads", "2", "--d-mlp", "64",
@@ -86,7 +87,15 @@ def test_resume_may_switch_backend_but_not_shape(corpus, tmp_path):
     switched = run_train([*args, "--max-steps", "6", "--attention", "sdpa"])
     assert switched.returncode == 0 and "from step 4" in switched.stdout, switched.stderr
     reshaped = run_train([*args, "--max-steps", "8", "--d-model", "64"])
-    assert reshaped.returncode == 2 and "another model shape" in reshaped.stderr
+    assert reshaped.returncode == 2 and "another model shape (d_model 32 -> 64)" in reshaped.stderr, reshaped.stderr
+
+
+def test_a_checkpoint_from_before_a_model_field_has_that_field_s_default_shape():
+    """Checkpoints written before nope_every existed hold no such key: they are all-RoPE models."""
+    cfg = LlamaConfig(vocab_size=97, n_layers=2, n_heads=4, d_model=32, d_mlp=48, context=64)
+    old = {k: v for k, v in cfg.to_dict().items() if k != "nope_every"}
+    assert train.model_shape(old) == train.model_shape(cfg.to_dict())
+    assert train.model_shape(old) != train.model_shape({**cfg.to_dict(), "nope_every": 2})
 
 
 def test_non_finite_loss_stops_and_keeps_the_checkpoints(corpus, tmp_path):
