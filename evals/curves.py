@@ -71,16 +71,17 @@ def last_layer_previous_token(eval_record: dict) -> float | None:
 def circuit_note(last_eval: dict, copy_surge: int | None) -> list[str]:
     """Where the previous-token head sits, and why a run without a surge did not copy when that head
     is in the last layer: an induction head reads a previous-token head of an earlier layer, so one
-    in the last layer leaves nowhere to build it. Small models lose this race on some seeds
-    (docs/TINY.md: the race is decided in the first ~1,000 steps)."""
+    in the last layer leaves nowhere to build it. Small all-RoPE models lose this race on some seeds
+    (docs/TINY.md: the race is decided in the first ~1,000 steps); a last layer without RoPE
+    (nope_every = n_layers, `tiny`'s since round 7) cannot take the head."""
     prev = last_eval.get(mk.best_head(mk.PREVIOUS_TOKEN))
     if not prev:
         return []
     lines = ["previous-token score (max head) per layer: " + ", ".join(f"{v:.2f}" for v in prev)]
     if copy_surge is None and last_layer_previous_token(last_eval) is not None:
         lines.append(f"no copy surge: the strongest previous-token head formed in layer {len(prev) - 1}, the last, "
-                     "which leaves no later layer for an induction head to read it; another --seed may surge "
-                     "(docs/TINY.md)")
+                     "which leaves no later layer for an induction head to read it; another --seed may surge, and "
+                     f"--nope-every {len(prev)} (the last layer without RoPE) keeps the head out of it (docs/TINY.md)")
     return lines
 
 
@@ -94,7 +95,8 @@ def race_warning(eval_record: dict, surged: bool) -> str | None:
     last = len(eval_record[mk.best_head(mk.PREVIOUS_TOKEN)]) - 1
     return (f"step {eval_record[mk.STEP]:,}: the strongest previous-token head ({score:.2f}) is forming in layer "
             f"{last}, the last, where no later layer can build an induction head on it; small models that do this "
-            "rarely show copying by mid-run (docs/TINY.md, rounds 5-6). Another --seed is a fresh draw.")
+            f"rarely show copying by mid-run (docs/TINY.md, rounds 5-6). Another --seed is a fresh draw; "
+            f"--nope-every {last + 1} (the last layer without RoPE) prevents it (round 7).")
 
 
 def plot_curves(records: list[dict], path: str | Path, title: str = "") -> None:

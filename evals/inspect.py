@@ -118,11 +118,12 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTI
             "onset_step": induction_onset_steps(evals, induction_threshold),
             "latest_max": evals[-1][mk.best_head(mk.INDUCTION)],
         }
+    model_cfg = LlamaConfig.from_dict(model)
     return {
         "run_dir": str(run_dir),
         "preset": config["preset"],
-        "model": {**model, "kv_heads": LlamaConfig.from_dict(model).kv_heads,
-                  "parameters": count_parameters(model)},
+        "model": {**model, "kv_heads": model_cfg.kv_heads, "parameters": count_parameters(model),
+                  "nope_layers": [i for i in range(model_cfg.n_layers) if not model_cfg.uses_rope(i)]},
         "data": {"dir": config.get("data_dir"), "tokenizer": meta.get("tokenizer", {}).get("kind"),
                  "vocab_size": meta.get("vocab_size"),
                  "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens")},
@@ -160,7 +161,9 @@ def format_report(r: dict) -> str:
     m, d, rec, p = r["model"], r["data"], r["recipe"], r["progress"]
     lines = [
         f"run       {r['run_dir']}  (preset {r['preset']})",
-        f"model     {m['n_layers']} layers x d{m['d_model']}, {m['n_heads']} heads ({m['kv_heads']} KV), "
+        f"model     {m['n_layers']} layers x d{m['d_model']}"
+        + (f" (no RoPE in layer {', '.join(map(str, m['nope_layers']))})" if m["nope_layers"] else "")
+        + f", {m['n_heads']} heads ({m['kv_heads']} KV), "
         f"MLP {m['d_mlp']}, vocab {m['vocab_size']}, context {m['context']}, "
         f"{'tied' if m['tie_embeddings'] else 'untied'} embeddings: {m['parameters'] / 1e6:.2f}M parameters",
         f"data      {d['dir']} ({d['tokenizer']}, vocab {d['vocab_size']}"

@@ -156,6 +156,7 @@ def test_summary_says_when_the_previous_token_head_sits_in_the_last_layer(previo
     text = run_summary(records, wall_s=60)
     assert "previous-token score (max head) per layer: " + ", ".join(f"{v:.2f}" for v in previous_token) in text
     assert ("no copy surge: the strongest previous-token head formed in layer 2, the last" in text) == says_why
+    assert ("--nope-every 3 (the last layer without RoPE) keeps the head out of it" in text) == says_why
 
 
 @pytest.mark.parametrize("previous_token, surged, warns", [
@@ -171,6 +172,7 @@ def test_race_warning_names_a_previous_token_head_in_the_last_layer(previous_tok
     assert (line is not None) == warns
     if warns:
         assert line.startswith("step 900: the strongest previous-token head (0.45) is forming in layer 2, the last")
+        assert line.endswith("--nope-every 3 (the last layer without RoPE) prevents it (round 7).")
     assert race_warning({"step": 900}, False) is None  # a run that logs no previous-token scores
 
 

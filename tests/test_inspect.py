@@ -22,6 +22,7 @@ def finished_run(corpus, tmp_path_factory):
 def test_finished_run(finished_run, capsys):
     report = inspect_run(finished_run)
     assert report["preset"] == "tiny" and report["model"]["d_model"] == 32 and report["model"]["kv_heads"] == 2
+    assert report["model"]["nope_layers"] == []  # one layer: tiny's nope_every = 3 leaves it RoPE
     assert report["progress"]["step"] == 6 and report["progress"]["tokens"] == 6 * 4 * 64
     assert report["progress"]["unreadable_lines"] == 0
     assert [c["step"] for c in report["checkpoints"]] == [3, 6] and report["resumable"]
@@ -33,6 +34,16 @@ def test_finished_run(finished_run, capsys):
     assert "finished  yes, at step 6" in text and "resumable: yes, from step 6" in text
     assert main([str(finished_run), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["final_step"] == 6
+
+
+def test_the_model_line_names_the_layers_without_rope(corpus, tmp_path, capsys):
+    out = tmp_path / "run"
+    proc = run_train([*SMALL, "--n-layers", "2", "--nope-every", "2", "--data", str(corpus), "--max-steps", "2",
+                      "--eval-every", "0", "--out", str(out), "--no-tensorboard"])
+    assert proc.returncode == 0, proc.stderr
+    assert inspect_run(out)["model"]["nope_layers"] == [1]
+    assert main([str(out)]) == 0
+    assert "model     2 layers x d32 (no RoPE in layer 1), 2 heads" in capsys.readouterr().out
 
 
 def test_run_cut_off_mid_write(finished_run, tmp_path, capsys):
