@@ -1,5 +1,5 @@
 """Draw docs/figures/tiny-frontier.png: final exact copy accuracy against wall time for every run of
-the six rounds of the preset search of issue 15 (docs/tiny-search-2.csv to -7.csv; docs/TINY.md).
+the seven rounds of the preset search of issue 15 (docs/tiny-search-2.csv to -8.csv; docs/TINY.md).
 
     python docs/figures/tiny_frontier.py
 
@@ -25,7 +25,8 @@ ROUNDS = {"round 1": ("tiny-search-2.csv", "o", "tab:orange"),
           "round 3 (depth, width, batch)": ("tiny-search-4.csv", "s", "tab:purple"),
           "round 4 (attention bias)": ("tiny-search-5.csv", "D", "tab:brown"),
           "round 5 (the race at step 900)": ("tiny-search-6.csv", "h", "tab:green"),
-          "round 6 (more race levers)": ("tiny-search-7.csv", "P", "tab:cyan")}
+          "round 6 (more race levers)": ("tiny-search-7.csv", "P", "tab:cyan"),
+          "round 7 (NoPE last layer)": ("tiny-search-8.csv", "v", "tab:pink")}
 COLORS = {"screen": "tab:gray", "long": "tab:blue", "validate": "tab:red", "reference": "black"}
 
 
