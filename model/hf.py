@@ -153,7 +153,7 @@ def to_hf_config(cfg: LlamaConfig, eos_token_id: int | None = None) -> transform
         rope_theta=cfg.rope_theta, attention_bias=cfg.attention_bias, mlp_bias=False,
         bos_token_id=None, eos_token_id=eos_token_id, pad_token_id=None,
     )
-    if cfg.nope_every:
+    if not all(no_rope_layers(cfg)):  # nope_every > n_layers leaves every layer with RoPE: a Llama
         return transformers.SmolLM3Config(**shared, no_rope_layers=no_rope_layers(cfg),
                                           no_rope_layer_interval=cfg.nope_every, use_sliding_window=False,
                                           architectures=["SmolLM3ForCausalLM"])

@@ -15,7 +15,7 @@ from test_train import ROOT, env, run_train
 from grokcopy.evals.copying import make_repeat_batch, repeat_metrics
 from grokcopy.evals.targets import second_copy_targets
 from grokcopy.model import PRESETS, Llama, LlamaConfig, from_hf
-from grokcopy.model.hf import export_hf, model_shape_from_hf
+from grokcopy.model.hf import export_hf, model_shape_from_hf, to_hf_config
 from grokcopy.model.run_dir import RunDir
 
 transformers = pytest.importorskip("transformers", reason="needs the hf extra: pip install -e '.[hf]'")
@@ -145,6 +145,12 @@ def test_unsupported_hf_configs_are_refused_by_name(tmp_path, bad, field):
     transformers.LlamaConfig(**GOOD, **bad).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match=field):
         from_hf(tmp_path)
+
+
+def test_nope_every_beyond_the_last_layer_exports_a_llama():
+    """tiny's nope_every = 3 on 2 layers leaves RoPE in both: that model is a plain Llama."""
+    cfg = dataclasses.replace(NOPE, n_layers=2, nope_every=3)
+    assert type(transformers.AutoModelForCausalLM.from_config(to_hf_config(cfg))).__name__ == "LlamaForCausalLM"
 
 
 def test_smollm3_configs_load_only_with_every_nth_layer_nope():
