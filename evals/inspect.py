@@ -123,7 +123,7 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTI
         "run_dir": str(run_dir),
         "preset": config["preset"],
         "model": {**model, "kv_heads": model_cfg.kv_heads, "parameters": count_parameters(model),
-                  "nope_layers": [i for i in range(model_cfg.n_layers) if not model_cfg.uses_rope(i)]},
+                  "nope_layers": model_cfg.nope_layers},
         "data": {"dir": config.get("data_dir"), "tokenizer": meta.get("tokenizer", {}).get("kind"),
                  "vocab_size": meta.get("vocab_size"),
                  "train_tokens": meta.get("splits", {}).get("train", {}).get("tokens")},

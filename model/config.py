@@ -62,6 +62,11 @@ class LlamaConfig:
         """Whether block `layer` (0-based) rotates its queries and keys (see nope_every)."""
         return self.nope_every == 0 or (layer + 1) % self.nope_every != 0
 
+    @property
+    def nope_layers(self) -> list[int]:
+        """The blocks (0-based) that attend without RoPE."""
+        return [i for i in range(self.n_layers) if not self.uses_rope(i)]
+
     def validate(self) -> None:
         """Raise ValueError naming the field for any inconsistent value."""
         for name in ("vocab_size", "n_layers", "n_heads", "kv_heads", "d_model", "d_mlp", "context"):

@@ -153,7 +153,7 @@ def to_hf_config(cfg: LlamaConfig, eos_token_id: int | None = None) -> transform
         rope_theta=cfg.rope_theta, attention_bias=cfg.attention_bias, mlp_bias=False,
         bos_token_id=None, eos_token_id=eos_token_id, pad_token_id=None,
     )
-    if not all(no_rope_layers(cfg)):  # nope_every > n_layers leaves every layer with RoPE: a Llama
+    if cfg.nope_layers:  # none when nope_every > n_layers: then the model is a plain Llama
         return transformers.SmolLM3Config(**shared, no_rope_layers=no_rope_layers(cfg),
                                           no_rope_layer_interval=cfg.nope_every, use_sliding_window=False,
                                           architectures=["SmolLM3ForCausalLM"])
@@ -214,7 +214,7 @@ def _nope_every(flags: list[int], n_layers: int) -> int:
     when the NoPE layers are not every Nth one, the only pattern grokcopy's config expresses."""
     flags = [int(bool(f)) for f in flags]
     for every in range(n_layers + 1):
-        if flags == [int(every == 0 or (i + 1) % every != 0) for i in range(n_layers)]:
+        if flags == no_rope_layers(LlamaConfig(n_layers=n_layers, nope_every=every)):
             return every
     raise ValueError(f"no_rope_layers {flags} is not supported: grokcopy's NoPE layers are every Nth layer "
                      "(nope_every)")
