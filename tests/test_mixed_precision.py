@@ -14,7 +14,8 @@ import torch
 from grokcopy.model import Llama, LlamaConfig
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-SHAPE = dict(vocab_size=97, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64, d_mlp=128, context=64)
+# layer 1 without RoPE (tiny's last layer is a NoPE layer): every combination runs both kinds
+SHAPE = dict(vocab_size=97, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64, d_mlp=128, context=64, nope_every=2)
 COMBOS = list(itertools.product(["torch", "sdpa", "triton"], ["torch", "triton"], ["torch", "triton"]))
 # bf16 keeps 8 significant bits (relative rounding 2^-9 = 2e-3 per operation); through two layers
 # the normwise error of the loss is ~1e-5 and of each gradient up to 8e-3 (seen under the interpreter,

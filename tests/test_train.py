@@ -176,7 +176,9 @@ def test_two_process_run_keeps_ranks_identical(corpus, tmp_path, sharding):
     "flags",
     [["--train-stats-every", "2"],  # the Triton stats kernel inside the training forward
      ["--attention", "sdpa", "--train-stats-every", "2"],  # the CUDA default attention, stats on the side
-     ["--compile", "--eval-every", "0"]],  # the kernels are custom ops: compiled graphs call them as opaque ops
+     # the kernels are custom ops: compiled graphs call them as opaque ops; a second layer without
+     # RoPE, as tiny's last, so the compiled graph holds both kinds of attention layer
+     ["--compile", "--eval-every", "0", "--n-layers", "2", "--nope-every", "2"]],
     ids=["triton-stats", "sdpa-stats", "triton-compile"],
 )
 def test_bf16_production_path_trains(corpus, tmp_path, flags):
