@@ -131,7 +131,7 @@ def resolve_config(overrides: dict) -> tuple[TrainConfig, LlamaConfig]:
         raise ConfigError(f"model config: {e}") from None
     cfg = TrainConfig(**train_values)
     if cfg.min_lr is None:  # the cosine floor follows lr
-        cfg.min_lr = 0.1 * cfg.lr
+        cfg.min_lr = cfg.min_lr_ratio * cfg.lr
     validate(cfg, model_cfg)
     return cfg, model_cfg
 
@@ -160,6 +160,7 @@ def validate(cfg: TrainConfig, model_cfg: LlamaConfig) -> None:
         check_type(f.name, getattr(cfg, f.name), hints[f.name], "--" + f.name.replace("_", "-") + ":")
     checks = [
         ("lr", cfg.lr > 0, "must be > 0"),
+        ("min_lr_ratio", 0 <= cfg.min_lr_ratio <= 1, "must be in [0, 1]"),  # before the min_lr it sets
         ("min_lr", 0 <= cfg.min_lr <= cfg.lr, f"must be in [0, lr={cfg.lr}]"),
         ("max_steps", cfg.max_steps >= 1, "must be >= 1"),
         ("batch_size", cfg.batch_size >= 1, "must be >= 1"),
@@ -418,8 +419,28 @@ def build_model(cfg: TrainConfig, model_cfg: LlamaConfig, device: torch.device, 
     if world > 1 and not cfg.fsdp:
         train_model = torch.nn.parallel.DistributedDataParallel(model)
     if cfg.compile:
-        train_model = torch.compile(train_model)
+        missing = compile_unavailable(device)
+        if missing:
+            log(f"note: --compile is on but {missing}; training without it (slower), --no-compile silences this")
+        else:
+            log("torch.compile: the first step compiles the model (about 30 s for tiny on a CPU)")
+            train_model = torch.compile(train_model)
     return model, train_model, make_optimizer(model, cfg, fused=device.type == "cuda")
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot run here, or None. On the CPU inductor writes C++ and needs a compiler
+    (g++, or $CXX); `tiny` compiles by default, and a machine without one must still train."""
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch.compile does not support Python {sys.version_info.major}.{sys.version_info.minor}"
+    if device.type == "cpu":
+        try:
+            from torch._inductor import cpp_builder
+
+            cpp_builder.get_cpp_compiler()
+        except Exception:  # InvalidCxxCompiler, or a torch that moved the function: train eagerly
+            return "no C++ compiler was found for inductor on the CPU (install g++ or set CXX)"
+    return None
 
 
 FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -10,7 +10,8 @@ symlink to it, so the baseline trains once although four experiments contain it,
 `python -m grokcopy.evals.report OUT/NAME/*` reads an experiment. Re-running a command resumes: a run with
 final.json is skipped, one that another process is training is skipped (train.py locks its run
 directory), and an unfinished one resumes from its latest checkpoint (train.py does that).
-Every run gets `--min-lr` of a tenth of its own LR (a cosine floor that follows the LR axis). `--max-steps N` shortens
+Every run's cosine floor follows its own LR: `--min-lr` is its LR times the preset's min_lr / lr (tiny:
+1/100, paper-162m: 1/10), so the axis moves the whole schedule. `--max-steps N` shortens
 every run, and the runs are then named <run name>-stepsN. `--extra "FLAGS"` adds train.py flags to
 every run, before the axis values (which win); it is not part of a run's name, so a different
 --extra wants a different --out. `--accum N` trains each run's batch as N micro-batches
@@ -32,6 +33,7 @@ from pathlib import Path
 
 from grokcopy.cli import run_cli
 from grokcopy.model import PRESETS
+from grokcopy.model.config import TrainConfig
 from grokcopy.model.run_dir import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -106,12 +108,22 @@ def accumulated(overrides: dict, preset: str, accum: int, ranks: int = 1) -> dic
     return {**overrides, "batch_size": batch // accum, "global_batch": batch * ranks}
 
 
+def floor_ratio(preset: str) -> float:
+    """The preset's cosine floor as a fraction of its LR: min_lr / lr where it fixes min_lr, else its
+    min_lr_ratio (train.py's default where it sets neither)."""
+    recipe = PRESETS[preset].train
+    if recipe.get("min_lr") is not None:
+        return recipe["min_lr"] / recipe["lr"]
+    return recipe.get("min_lr_ratio", TrainConfig.min_lr_ratio)
+
+
 def run_command(run_dir: Path, preset: str, overrides: dict, *, extra: list[str], max_steps: int | None,
                 nproc: int, accum: int = 1) -> list[str]:
     """The train.py command line of one run (torchrun when nproc > 0, else this Python)."""
     launcher = (["torchrun", "--standalone", f"--nproc-per-node={nproc}"] if nproc > 0 else [sys.executable])
     lr = overrides.get("lr", PRESETS[preset].train.get("lr", 1e-3))  # the floor follows each run's own LR
-    cmd = [*launcher, str(ROOT / "train.py"), "--preset", preset, "--out", str(run_dir), "--min-lr", f"{0.1 * lr:g}",
+    cmd = [*launcher, str(ROOT / "train.py"), "--preset", preset, "--out", str(run_dir),
+           "--min-lr", f"{floor_ratio(preset) * lr:g}",
            *extra, *flags(accumulated(overrides, preset, accum, max(nproc, 1)))]
     if max_steps is not None:
         cmd += ["--max-steps", str(max_steps)]

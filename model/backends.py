@@ -12,7 +12,6 @@ trained at 302k tokens/s with SDPA and 295k with the Triton attention; `--attent
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 
 import torch
@@ -21,9 +20,11 @@ import torch.nn.functional as F
 from grokcopy.kernels import reference
 
 
-@functools.cache
 def available(op: str, backend: str) -> bool:
-    """Whether `backend` can run `op` in this installation (not whether it suits a device)."""
+    """Whether `backend` can run `op` in this installation (not whether it suits a device).
+
+    Not memoised here: model.llama.OpBackend resolves each op once per device, and torch.compile
+    traces that first resolution, where a functools cache only earns a warning per run."""
     if backend in ("torch", "sdpa"):
         return True
     if backend == "flash_attn":
@@ -38,7 +39,6 @@ def available(op: str, backend: str) -> bool:
     return False
 
 
-@functools.cache
 def resolve(op: str, backend: str, device_type: str, dropout: bool = False) -> str:
     """The concrete backend for `op` on `device_type`; raises naming the op if it cannot run."""
     if backend == "auto":

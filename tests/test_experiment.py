@@ -25,6 +25,10 @@ def test_dry_run_prints_commands(tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and all(line.startswith("torchrun --standalone --nproc-per-node=2") for line in lines)
     assert "--lr 0.03" in lines[2] and str(tmp_path / "runs" / "lr0.03-bs8-wd0.1-do0") in lines[2]
+    # the cosine floor follows each run's LR at the preset's ratio (tiny: lr / 100)
+    floors = [shlex.split(line)[shlex.split(line).index("--min-lr") + 1] for line in lines]
+    assert floors == ["3e-05", "0.0001", "0.0003"]
+    assert experiment.floor_ratio("paper-162m") == pytest.approx(0.1)  # it fixes min_lr = lr / 10
     assert not (tmp_path / "lr").exists()
 
 

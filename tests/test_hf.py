@@ -186,7 +186,7 @@ def test_init_from_hf_trains_from_the_exported_weights(corpus, tmp_path, capsys)
     # no shape flags: the shape comes from the HF config; a tiny LR keeps the weights near their start
     args = ["--init-from-hf", str(hf_dir), "--data", str(corpus), "--seq-len", "64", "--batch-size", "4",
             "--max-steps", "3", "--lr", "1e-6", "--warmup-steps", "0", "--eval-every", "0", "--quiet",
-            "--dtype", "fp32", "--no-tensorboard"]
+            "--dtype", "fp32", "--no-tensorboard", "--no-compile"]
     out = tmp_path / "run"
     proc = run_train([*args, "--out", str(out)])
     assert proc.returncode == 0, proc.stderr

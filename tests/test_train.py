@@ -18,9 +18,11 @@ import train
 from grokcopy.model import LlamaConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+# The preset (tiny) compiles; these tests check the loop itself, eagerly: compiling each small run
+# would cost 10-20 s. The compiled paths have their own cases (kill -9 + resume, bf16 production).
 SMALL = ["--vocab-size", "257", "--n-layers", "1", "--d-model", "32", "--n-heads", "2", "--d-mlp", "64",
          "--context", "64", "--seq-len", "64", "--batch-size", "4", "--lr", "3e-3", "--warmup-steps", "5",
-         "--log-every", "1", "--quiet", "--dtype", "fp32"]
+         "--log-every", "1", "--quiet", "--no-compile", "--dtype", "fp32"]
 
 
 # What a CUDA run computes, on the CPU: bf16 autocast with grokcopy's Triton kernels (through the
@@ -57,10 +59,12 @@ def assert_same_state(a, b):
 
 
 @pytest.mark.slow
-def test_kill9_then_resume_is_bit_identical(corpus, tmp_path):
-    # dropout exercises the RNG state; evals in between must not disturb it
+@pytest.mark.parametrize("compile_flag", ["--no-compile", "--compile"], ids=["eager", "compiled"])
+def test_kill9_then_resume_is_bit_identical(corpus, tmp_path, compile_flag):
+    # dropout exercises the RNG state (inductor draws its own dropout masks from it when compiled,
+    # as tiny does by default); evals in between must not disturb it
     args = [*SMALL, "--data", str(corpus), "--max-steps", "30", "--ckpt-every", "10", "--eval-every", "15",
-            "--dropout", "0.1", "--attention", "torch"]
+            "--dropout", "0.1", "--attention", "torch", compile_flag]
     straight = run_train([*args, "--out", str(tmp_path / "straight")])
     assert straight.returncode == 0, straight.stderr
 
@@ -196,6 +200,19 @@ def test_bf16_production_path_trains(corpus, tmp_path, flags):
     assert ("copy_acc" in records[-1]) == ("--compile" not in flags)
 
 
+def test_compile_without_a_cpp_compiler_trains_eagerly(corpus, tmp_path):
+    """tiny compiles by default, and inductor needs a C++ compiler on the CPU: a machine without one
+    trains eagerly with a note instead of failing at the first step."""
+    assert train.parse_args([])[0].compile  # the default preset compiles
+    out = tmp_path / "run"
+    args = [a for a in SMALL if a != "--no-compile"]
+    proc = run_train([*args, "--data", str(corpus), "--max-steps", "2", "--eval-every", "0", "--out", str(out)],
+                     CXX="/nonexistent/g++")
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    assert "note: --compile is on but no C++ compiler was found" in proc.stdout, proc.stdout
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2
+
+
 def test_dtype_auto_trains_in_fp32_on_a_cpu_without_native_bf16(corpus, tmp_path):
     # ATEN_CPU_CAPABILITY=avx2 turns off PyTorch's AVX512 kernels, as on a CPU that lacks them, where
     # emulated bf16 trained `tiny` 6.6x slower than fp32
@@ -243,6 +260,7 @@ def run_main(argv, capsys):
         (["--vocab-size", "100"], "vocab_size 257, larger than the model's vocab_size 100"),
         (["--eps", "-1"], "--eps -1.0 must be > 0"),
         (["--seed", "-1"], "--seed -1 must be >= 0"),
+        (["--min-lr-ratio", "2"], "--min-lr-ratio 2.0 must be in [0, 1]"),
     ],
 )
 def test_bad_config_fails_before_training(corpus, tmp_path, capsys, flags, message):
@@ -283,11 +301,14 @@ def test_a_second_trainer_on_the_same_out_stops(corpus, tmp_path, capsys):
     assert code == 0, err
 
 
-def test_min_lr_defaults_to_a_tenth_of_lr():
-    cfg, _ = train.parse_args(["--lr", "2e-3", "--preset", "tiny"])
+def test_min_lr_follows_lr():
+    cfg, _ = train.parse_args(["--lr", "2e-3", "--preset", "tiny"])  # tiny's floor: lr / 100
+    assert cfg.min_lr == pytest.approx(2e-5)
+    cfg, _ = train.parse_args(["--lr", "2e-3", "--min-lr-ratio", "0.1"])
     assert cfg.min_lr == pytest.approx(2e-4)
-    cfg, _ = train.parse_args(["--lr", "2e-3"])
-    assert cfg.min_lr == pytest.approx(2e-4)
+    cfg, _ = train.parse_args(["--lr", "2e-3", "--min-lr", "1e-3"])  # an explicit floor wins
+    assert cfg.min_lr == pytest.approx(1e-3)
+    assert train.TrainConfig().min_lr_ratio == 0.1  # where a preset sets neither
 
 
 def test_lr_schedule():
