@@ -1,7 +1,8 @@
 """Training-step throughput of the grokcopy Llama per backend, against eager PyTorch + SDPA and
 torch.compile of the same model, all in one run.
 
-CPU: the `tiny` preset (the default run), torch/sdpa attention, eager vs compiled.
+CPU: the `tiny` preset (the default run: torch attention, compiled), torch/sdpa attention, eager vs
+compiled.
 CUDA: `paper-162m` in bf16 autocast, with the Triton backends (where the kernels exist) and the
 model FLOPs utilisation: (6 N + attention) FLOPs per token over the device's measured bf16 matmul
 peak. Run: pytest bench/test_train.py --benchmark-json bench/results/train-<machine>.json
@@ -29,6 +30,7 @@ VARIANTS = {  # name: (attention, norm, mlp, compile)
     "eager-sdpa": ("sdpa", "torch", "torch", False),
     "eager-torch-attention": ("torch", "torch", "torch", False),
     "compiled-sdpa": ("sdpa", "torch", "torch", True),
+    "compiled-torch-attention": ("torch", "torch", "torch", True),  # tiny's own backends and compile
 }
 if CUDA:
     VARIANTS["grokcopy-triton"] = ("triton", "triton", "triton", False)

@@ -1,5 +1,5 @@
 """Draw docs/figures/tiny-frontier.png: final exact copy accuracy against wall time for every run of
-the seven rounds of the preset search of issue 15 (docs/tiny-search-2.csv to -8.csv; docs/TINY.md).
+the eight rounds of the preset search of issue 15 (docs/tiny-search-2.csv to -9.csv; docs/TINY.md).
 
     python docs/figures/tiny_frontier.py
 
@@ -26,7 +26,8 @@ ROUNDS = {"round 1": ("tiny-search-2.csv", "o", "tab:orange"),
           "round 4 (attention bias)": ("tiny-search-5.csv", "D", "tab:brown"),
           "round 5 (the race at step 900)": ("tiny-search-6.csv", "h", "tab:green"),
           "round 6 (more race levers)": ("tiny-search-7.csv", "P", "tab:cyan"),
-          "round 7 (NoPE last layer)": ("tiny-search-8.csv", "v", "tab:pink")}
+          "round 7 (NoPE last layer)": ("tiny-search-8.csv", "v", "tab:pink"),
+          "round 8 (compile, floor lr/100, 7,000 steps)": ("tiny-search-9.csv", "<", "tab:olive")}
 COLORS = {"screen": "tab:gray", "long": "tab:blue", "validate": "tab:red", "reference": "black"}
 
 
