@@ -19,7 +19,12 @@ from pathlib import Path
 
 
 def _load(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
+    """The JSON in `path`, or None where it is missing, empty or cut: a benchmark step stopped by its
+    time limit leaves pytest-benchmark's file empty, and the other sections must still be written."""
+    try:
+        return json.loads(path.read_text()) if path.is_file() else None
+    except json.JSONDecodeError:
+        return None
 
 
 def environment_section(steps: dict) -> list[str]:

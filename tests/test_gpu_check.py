@@ -52,3 +52,14 @@ def test_summary_of_the_h100_results(tmp_path):
     assert "| sdpa-triton-triton | 302,426 |" in text  # a row of the train matrix, as measured
     assert "T4096-D128-causal | fwd |" in text
     assert text == (H100 / "summary.md").read_text()  # the committed summary is this code's output
+
+
+def test_summary_skips_the_empty_file_of_a_timed_out_benchmark(tmp_path):
+    """A benchmark step stopped by its time limit leaves an empty JSON (H200, 2026-11-26): the summary
+    still names the machine and tabulates what the other steps measured."""
+    results = tmp_path / "r"
+    shutil.copytree(H100 / "call1", results)
+    (results / "attention.json").write_text("")
+    text = write_summary(results).read_text()
+    assert "NVIDIA H100 80GB HBM3" in text and "## Attention" not in text
+    assert "## RMSNorm and SwiGLU" in text  # call1's kernels.json, still tabulated
