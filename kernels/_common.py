@@ -67,6 +67,16 @@ def as_rows(t: torch.Tensor) -> torch.Tensor:
     return rows if rows.stride(-1) == 1 or rows.shape[-1] == 1 else rows.contiguous()
 
 
+@triton.jit
+def fp32_scalar(x):
+    """A float scalar argument as fp32. Every kernel passes its float scalars (eps, softmax_scale)
+    through this first: Triton types a Python float as fp32, but inductor, recompiling a user kernel
+    inside a compiled graph, passes it as fp64, and fp64 then spreads through everything it touches
+    (on an H100 an fp64 softmax_scale made the softmax state fp64 and tl.dot rejected the fp64
+    accumulator). tl.cast, not x.to: under the interpreter x arrives as a plain Python float."""
+    return tl.cast(x, tl.float32)
+
+
 # The interpreter converts fp32 to bf16 by truncating the mantissa, where a GPU rounds to nearest
 # even: a bias of half a bf16 ulp in every stored value. Kernels cast through `cast_rne`, which
 # rounds by hand under the interpreter and compiles to the plain conversion on a GPU.

@@ -51,7 +51,7 @@ import torch
 import triton
 import triton.language as tl
 
-from grokcopy.kernels._common import autotuned, cast_rne, check_inputs, dot_dtype, interpreting
+from grokcopy.kernels._common import autotuned, cast_rne, check_inputs, dot_dtype, fp32_scalar, interpreting
 from grokcopy.kernels.reference import AttentionStats, attention_reference, attention_stats_reference
 
 __all__ = [
@@ -385,6 +385,7 @@ def flash_attention_fwd_kernel(
     # The q tile is loaded once and stays in registers for the whole key loop.
     q = _load_tile(QD, b, h, start_m, _tile(q_base, offs_m, offs_d, stride_qt, stride_qd), offs_m, T,
                    offs_d, True, HEAD_DIM, BLOCK_D, BLOCK_M, USE_TMA).to(DOT_DTYPE)
+    softmax_scale = fp32_scalar(softmax_scale)
     qk_scale = softmax_scale * LOG2E  # fold log2(e) in: exp(s) = 2^(s * log2(e))
 
     # The running max starts finite on purpose: a row whose keys so far are all masked keeps
@@ -539,6 +540,7 @@ def flash_attention_bwd_dkdv_kernel(
                    offs_n, S, offs_d, True, HEAD_DIM, BLOCK_D).to(DOT_DTYPE)
     dk = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    softmax_scale = fp32_scalar(softmax_scale)
     qk_scale = softmax_scale * LOG2E
 
     # Query rows that see these keys. Row i sees key j iff i >= j - (S - T).
@@ -642,6 +644,7 @@ def flash_attention_bwd_dq_kernel(
     lse2, delta = _load_row_stats(Lse, Delta, pid_bh.to(tl.int64) * T, offs_m, T)
     k_base = _head_base(K, b, kvh, stride_kb, stride_kh) + offs_d[None, :] * stride_kd
     v_base = _head_base(V, b, kvh, stride_vb, stride_vh) + offs_d[None, :] * stride_vd
+    softmax_scale = fp32_scalar(softmax_scale)
     qk_scale = softmax_scale * LOG2E
     dq = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
 

@@ -29,7 +29,15 @@ import torch
 import triton
 import triton.language as tl
 
-from grokcopy.kernels._common import SUPPORTED_FLOAT_DTYPES, as_rows, autotuned, cast_rne, check_inputs, interpreting
+from grokcopy.kernels._common import (
+    SUPPORTED_FLOAT_DTYPES,
+    as_rows,
+    autotuned,
+    cast_rne,
+    check_inputs,
+    fp32_scalar,
+    interpreting,
+)
 from grokcopy.kernels.reference import fused_add_rms_norm_reference, rms_norm_reference  # noqa: F401 (re-exported)
 
 # A row lives in registers as one block of next_power_of_2(D) fp32 values. Up to this width that
@@ -111,6 +119,7 @@ def rms_norm_fwd_kernel(
     keeps its own dtype (x bf16 and residual fp32, say); y is written in y_ptr's dtype.
     """
     BLOCK_M: tl.constexpr = (TILE + BLOCK_D - 1) // BLOCK_D  # rows_per_tile: both are powers of two
+    eps = fp32_scalar(eps)
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < n_cols
@@ -182,6 +191,7 @@ def rms_norm_bwd_kernel(
     gradient reaching s from its own use downstream is added: ds = dx_norm + dres.
     """
     BLOCK_M: tl.constexpr = (TILE + BLOCK_D - 1) // BLOCK_D  # rows_per_tile: both are powers of two
+    eps = fp32_scalar(eps)
     pid = tl.program_id(0)
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < n_cols

@@ -59,3 +59,44 @@ def test_fullgraph_compile_matches_eager(op):
     torch.autograd.backward([compiled_out[i] for i in differentiable], grads)
     for a, b in zip(eager_in, compiled_in, strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0)
+
+
+
+def fp64_float_args(to_kernel_arg):
+    """The interpreter's argument conversion, changed to pass every Python float to a kernel as an fp64
+    scalar: what inductor does with the float arguments of a user Triton kernel (the H100 crash of
+    2026-11-25: an fp64 softmax_scale made the online-softmax state fp64 and tl.dot refused the fp64
+    accumulator). The interpreter otherwise hands the kernel a Python float, which Triton treats as fp32."""
+    import numpy as np
+    import triton.language as tl
+    from triton.runtime import interpreter
+
+    def convert(arg):
+        if isinstance(arg, float):
+            return tl.tensor(interpreter.TensorHandle(np.array([arg], dtype=np.float64), tl.float64), tl.float64)
+        return to_kernel_arg(arg)
+
+    return convert
+
+
+@pytest.mark.skipif(DEVICE != "cpu", reason="swaps the interpreter's argument conversion")
+@pytest.mark.parametrize("op", list(OPS))
+def test_float_scalars_are_fp32_inside_the_kernels(op):
+    """Each kernel casts its float scalars (eps, softmax_scale) to fp32 first, so fp64 scalars give the
+    fp32 bits, forward and backward: no fp64 statistics, accumulators or bitcasts downstream."""
+    from triton.runtime import interpreter
+
+    fn = OPS[op]
+    fp32_in = inputs_for(op)
+    fp64_in = [t.detach().clone().requires_grad_() for t in fp32_in]
+    fp32_out = outputs(fn(*fp32_in))
+    grads = [torch.randn_like(t) for t in fp32_out if t.requires_grad]
+    torch.autograd.backward([t for t in fp32_out if t.requires_grad], grads)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(interpreter, "_implicit_cvt", fp64_float_args(interpreter._implicit_cvt))
+        fp64_out = outputs(fn(*fp64_in))
+        torch.autograd.backward([t for t in fp64_out if t.requires_grad], grads)
+    for a, b in zip(fp32_out, fp64_out, strict=True):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    for a, b in zip(fp32_in, fp64_in, strict=True):
+        torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0)
