@@ -4,10 +4,10 @@ attention: torch (plain math, the reference), sdpa (torch's fused kernels), flas
            flash-attn package, if installed), triton (grokcopy's kernels)
 norm, mlp: torch, triton
 
-"auto" picks the fastest available on the tensor's device: the Triton norm and MLP kernels on
-CUDA, torch on CPU (Triton runs on CPU only through its interpreter, which is for tests, not
-training). Attention stays on sdpa: on an H100 (bench/results/h100-80gb-hbm3-2026-11-25) the model
-trained at 302k tokens/s with SDPA and 295k with the Triton attention; `--attention triton` selects it.
+"auto" picks, per op and device, the backend a GPU measured fastest: the table AUTO below, each
+entry citing the bench/results/ files it comes from. On the CPU it is sdpa for attention and torch
+for the norm and MLP (Triton runs there only through its interpreter, which is for tests, not
+training; presets that want plain-math attention there name "torch").
 """
 
 from __future__ import annotations
@@ -18,6 +18,28 @@ import torch
 import torch.nn.functional as F
 
 from grokcopy.kernels import reference
+
+# What `auto` resolves to on CUDA: {op: (eager, under torch.compile, measurements)}. Measured on an H100
+# (bench/results/h100-80gb-hbm3-2026-11-25) and an H200 (bench/results/h200-2026-11-26), bf16, at the
+# shapes paper-162m trains (rows = 32 x 1024 tokens, d 768, MLP 3072, T 1024, head_dim 64).
+# tests/test_auto_backends.py re-derives every winner from those files. Attention on steps that need
+# statistics (the induction scores) runs grokcopy's stats kernel, which computes them inside the
+# attention itself: "sdpa/triton" reads "sdpa, and triton where statistics are wanted".
+AUTO = {
+    "attention": ("sdpa/triton", "sdpa/triton",
+                  "attention.json (H100 call3; the H200 call measured no peers): SDPA's cuDNN kernel runs "
+                  "forward+backward 1.27-1.69x the Triton attention over T 1024-4096, D 64/128 (1.27x at "
+                  "T1024-D64, paper-162m's shape); train_matrix.json: sdpa-triton-triton 302k tokens/s against "
+                  "triton-triton-triton 295k"),
+    "norm": ("triton", "torch",
+             "kernels.json, rms_norm and fused_add_rms_norm 65536x768 forward+backward: Triton 4.4x/3.7x eager "
+             "torch (H100), but torch.compile's generated kernel is 1.4-1.9x the Triton one (H100 and H200), and "
+             "compiled, sdpa-torch-torch trained at 320k tokens/s against 300k for sdpa-triton-triton. Under "
+             "compile `auto` therefore hands the norm to Inductor, which writes and fuses its own kernel"),
+    "mlp": ("triton", "triton",
+            "kernels.json, swiglu_packed 65536x3072 forward+backward: Triton 6.8x eager torch and 1.06x "
+            "torch.compile (H100), 1.36x compile (H200), at 98% of copy bandwidth"),
+}
 
 
 def available(op: str, backend: str) -> bool:
@@ -42,9 +64,17 @@ def available(op: str, backend: str) -> bool:
 def resolve(op: str, backend: str, device_type: str, dropout: bool = False) -> str:
     """The concrete backend for `op` on `device_type`; raises naming the op if it cannot run."""
     if backend == "auto":
-        if op == "attention":
-            return "sdpa"
-        return "triton" if device_type == "cuda" and available(op, "triton") else "torch"
+        if device_type != "cuda":
+            return "sdpa" if op == "attention" else "torch"
+        # OpBackend resolves once per device, on the first call: under torch.compile that call is
+        # traced, and a model compiled from its first step (train.py --compile) keeps the compiled choice
+        eager, compiled, _ = AUTO[op]
+        choice = compiled if torch.compiler.is_compiling() else eager
+        # a measured winner that cannot run here (triton not installed; no dropout in its attention)
+        # falls back to the peer that can, each part of "plain/with-statistics" on its own
+        parts = [b if available(op, b) and not (op == "attention" and dropout and b == "triton") else
+                 ("sdpa" if op == "attention" else "torch") for b in choice.split("/")]
+        return "/".join(dict.fromkeys(parts))
     if not available(op, backend):
         raise ValueError(f"{op} backend {backend!r} is not available here (is its package installed?)")
     if backend in ("flash_attn",) and device_type != "cuda":
@@ -66,6 +96,8 @@ def attention(q, k, v, *, backend: str, dropout_p: float = 0.0, targets: torch.T
     inside its kernel, torch from its score matrix, sdpa and flash_attn beside their kernel in
     chunks without autograd (reference.causal_attention_stats: no [B, H, T, T] kept for backward).
     """
+    plain, _, with_stats = backend.partition("/")  # auto's "sdpa/triton": triton where statistics are wanted
+    backend = with_stats if targets is not None and with_stats else plain
     if backend == "triton":
         from grokcopy import kernels
 
