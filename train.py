@@ -514,11 +514,60 @@ def evaluate(model: Llama, evals: EvalSet, autocast, device: torch.device) -> di
 
 @dataclass
 class StepResult:
-    loss: float
-    grad_norm: float  # of the accumulated gradient, before clipping
-    stop: bool  # a rank received SIGTERM/SIGINT: every rank checkpoints and leaves after this step
+    """One optimizer step's numbers, left on the device: reading one (`loss`, ...) waits for the step
+    to finish, so the loop reads them only at read steps (`reads_after`), all pending steps in one
+    transfer (`read_steps`).
+
+    values: [loss, grad_norm, first_micro_grad_sq, stop] fp32, agreed across ranks. grad_norm is the
+    accumulated gradient's, before clipping; first_micro_grad_sq is |g|^2 of the first micro-batch's
+    gradient alone (nan with grad_accum 1); stop > 0: a rank received SIGTERM/SIGINT (only on steps
+    that carried the flag, see train_step), so every rank checkpoints and leaves after this step.
+    """
+
+    values: torch.Tensor
     train_stats: dict | None
-    first_micro_grad_sq: float  # |g|^2 of the first micro-batch's gradient alone (nan with grad_accum 1)
+    host: list[float] | None = None  # `values` once read
+
+    def read(self) -> list[float]:
+        if self.host is None:
+            self.host = self.values.tolist()
+        return self.host
+
+    @property
+    def loss(self) -> float:
+        return self.read()[0]
+
+    @property
+    def grad_norm(self) -> float:
+        return self.read()[1]
+
+    @property
+    def first_micro_grad_sq(self) -> float:
+        return self.read()[2]
+
+    @property
+    def stop(self) -> bool:
+        return self.read()[3] > 0
+
+    @property
+    def finite(self) -> bool:
+        """Whether the update was taken (train_step skips it when the loss or gradient norm is not finite)."""
+        return math.isfinite(self.loss) and math.isfinite(self.grad_norm)
+
+
+def read_steps(results: list[StepResult]) -> None:
+    """Fetch the values of every step in `results` with one device-to-host transfer."""
+    todo = [r for r in results if r.host is None]
+    if todo:
+        for r, row in zip(todo, torch.stack([r.values for r in todo]).tolist(), strict=True):
+            r.host = row
+
+
+def reads_after(step: int, cfg: TrainConfig) -> bool:
+    """Whether the loop reads the device after completing `step` (1-based): at log, eval, train-stats and
+    checkpoint steps and the last step. Every other step runs without a host sync."""
+    return (step % cfg.log_every == 0 or step == cfg.max_steps
+            or any(every and step % every == 0 for every in (cfg.eval_every, cfg.train_stats_every, cfg.ckpt_every)))
 
 
 def noise_scale_meter(cfg: TrainConfig, world: int) -> NoiseScaleMeter | None:
@@ -529,22 +578,52 @@ def noise_scale_meter(cfg: TrainConfig, world: int) -> NoiseScaleMeter | None:
     return NoiseScaleMeter(small, cfg.batch_size * cfg.grad_accum * world)
 
 
-def grad_sq(model) -> float:
+def full(t: torch.Tensor) -> torch.Tensor:
+    """A plain tensor of `t`: FSDP2's norms are DTensors (full_tensor is a collective on the device)."""
+    return t.full_tensor() if hasattr(t, "full_tensor") else t
+
+
+def grad_sq(model) -> torch.Tensor:
+    """|g|^2 of the current gradients, fp32 [] on the device (not read: no host sync)."""
     grads = [p.grad for p in model.parameters() if p.grad is not None]
-    norm = torch.nn.utils.get_total_norm(grads)
-    return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm) ** 2  # FSDP2: a DTensor
+    return full(torch.nn.utils.get_total_norm(grads)).float() ** 2
+
+
+def guarded_step(optimizer: torch.optim.Optimizer, ok: torch.Tensor) -> None:
+    """optimizer.step() where `ok` (bool [] on the device) holds, else nothing: never a poisoned update.
+
+    A fused AdamW (CUDA) takes the decision on the device: its kernel skips the update where
+    `found_inf` is 1 and undoes the step count, the mechanism GradScaler uses, so no host sync.
+    Other optimizers read `ok` (a sync, free on the CPU, the only place train.py makes them).
+    """
+    if optimizer.defaults.get("fused"):
+        optimizer.found_inf = (~ok).float()
+        try:
+            optimizer.step()
+        finally:
+            del optimizer.found_inf
+    elif bool(ok):
+        optimizer.step()
 
 
 def train_step(train_model, model, optimizer, sampler: WindowSampler, cfg: TrainConfig, step: int, autocast,
-               stop: StopSignal, world: int) -> StepResult:
-    """One optimizer step over grad_accum micro-batches. The update is skipped when the loss or the
-    gradient norm is not finite (the caller stops the run), so the parameters are never poisoned."""
+               stop: StopSignal | None, world: int) -> StepResult:
+    """One optimizer step over grad_accum micro-batches, with no host sync on CUDA: the loss, the
+    gradient norm and the decision to update stay on the device (StepResult). The update is skipped
+    when the loss or the gradient norm is not finite (the loop stops the run at its next read), so
+    the parameters are never poisoned. `stop` is given on the steps the loop reads (None on the
+    others): its flag is then agreed across ranks in the step's one all-reduce."""
     device = next(model.parameters()).device
     for group in optimizer.param_groups:
         group["lr"] = lr_at(step, cfg)
     loss_sum, train_stats = torch.zeros((), device=device), None
+    first_sq = torch.full((), float("nan"), device=device)
     for micro in range(cfg.grad_accum):
-        batch = torch.as_tensor(sampler.next_batch(cfg.batch_size), device=device)
+        windows = sampler.next_batch(cfg.batch_size)
+        if device.type == "cuda":  # a pageable copy would wait for the queued GPU work: pin, copy async
+            batch = torch.from_numpy(windows).pin_memory().to(device, non_blocking=True)
+        else:
+            batch = torch.as_tensor(windows, device=device)
         sync = micro == cfg.grad_accum - 1 or world == 1 or cfg.fsdp
         with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast:
             if micro == 0 and cfg.train_stats_every and (step + 1) % cfg.train_stats_every == 0:
@@ -558,21 +637,24 @@ def train_step(train_model, model, optimizer, sampler: WindowSampler, cfg: Train
         loss_sum += loss.detach()
         if micro == 0 and cfg.grad_accum > 1:  # the noise scale's small batch: this micro-batch alone
             first_sq = grad_sq(model) * cfg.grad_accum**2
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
-    # one all-reduce carries the loss, the stop flag and the first micro-batch's |g|^2 (a mean over
-    # ranks: under DDP each rank's first micro-batch is its own), so every rank decides alike
-    stop_flag = torch.tensor(float(stop.received is not None), device=device)
-    first = torch.tensor(first_sq if cfg.grad_accum > 1 else float("nan"), device=device)
-    flags = torch.stack([loss_sum / cfg.grad_accum, stop_flag, first])
+    grad_norm = full(torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip or float("inf")))
+    # The stop flag crosses from the host only on read steps (a host-to-device copy waits for the
+    # queue): a signal is acted on at the next read step, at most log_every - 1 steps after it
+    # arrived (about 1 s for paper-162m at log_every 10 on an H100), well inside a scheduler's grace.
+    stop_flag = torch.zeros((), device=device) if stop is None else \
+        torch.tensor(float(stop.received is not None), device=device)
+    # one all-reduce (on the device, not read here) carries the loss, the stop flag and the first
+    # micro-batch's |g|^2 (a mean over ranks: under DDP each rank's first micro-batch is its own),
+    # so every rank takes the same update decision and stops at the same step
+    flags = torch.stack([loss_sum / cfg.grad_accum, stop_flag, first_sq])
     if world > 1:
         dist.all_reduce(flags)
         flags[0] /= world
         flags[2] /= world
-    result = StepResult(float(flags[0]), grad_norm, bool(flags[1] > 0), train_stats, float(flags[2]))
-    if math.isfinite(result.loss) and math.isfinite(grad_norm):
-        optimizer.step()
+    values = torch.stack([flags[0], grad_norm.to(flags.dtype), flags[2], flags[1]])
+    guarded_step(optimizer, values[:2].isfinite().all())
     optimizer.zero_grad(set_to_none=True)
-    return result
+    return StepResult(values, train_stats)
 
 
 class Progress:
@@ -584,15 +666,19 @@ class Progress:
             from tqdm import tqdm
 
             self.bar = tqdm(total=cfg.max_steps, initial=step, unit="step", dynamic_ncols=True)
-        self.shown = {"copy": float("nan"), "induction": float("nan"), "tok_s": float("nan")}
+        self.shown = {"loss": float("nan"), "copy": float("nan"), "induction": float("nan"), "tok_s": float("nan")}
         # race_warning: said at most once, never after a surge, and only in the first half of the run
         # (its claim is about a surge by mid-run; a run resumed past it has its answer)
         self.surged = self.warned = False
         self.mid_run = cfg.max_steps // 2
 
-    def update(self, loss: float, record: dict | None) -> None:
+    def update(self, loss: float | None, record: dict | None) -> None:
+        """One step done; `loss` is the step's loss where the loop read it (None: keep the last one shown,
+        as reading it every step would wait for the device every step)."""
         if self.bar is None:
             return
+        if loss is not None:
+            self.shown["loss"] = loss
         if record and mk.COPY_TOKEN_ACC in record:
             self.shown["copy"] = copy_token_gain(record)
             self.shown["induction"] = max(record[mk.best_head(mk.INDUCTION)])
@@ -605,12 +691,12 @@ class Progress:
         if record and mk.TOKENS_PER_S in record:
             self.shown["tok_s"] = record[mk.TOKENS_PER_S]
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{loss:.3f}", copy_gain=self.shown_as("copy", "+.2f"),
+        self.bar.set_postfix(loss=self.shown_as("loss", ".3f"), copy_gain=self.shown_as("copy", "+.2f"),
                              induction=self.shown_as("induction", ".2f"), tok_s=self.shown_as("tok_s", ".0f"),
                              refresh=False)
 
     def shown_as(self, key: str, spec: str) -> str:
-        """The value formatted, or '-' until the first eval (copy, induction) or log step (tok_s)."""
+        """The value formatted, or '-' until the first eval (copy, induction) or read (loss, tok_s)."""
         value = self.shown[key]
         return "-" if math.isnan(value) else format(value, spec)
 
@@ -687,14 +773,26 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
     noise = noise_scale_meter(cfg, world)
 
     model.train()
+    pending: list[StepResult] = []  # steps whose numbers are still on the device
     while step < cfg.max_steps:
-        res = train_step(train_model, model, optimizer, sampler, cfg, step, autocast, stop, world)
-        if not (math.isfinite(res.loss) and math.isfinite(res.grad_norm)):
-            what = f"loss is {res.loss}" if not math.isfinite(res.loss) else f"gradient norm is {res.grad_norm}"
-            return diverged(run, what, step + 1, log)
+        reading = reads_after(step + 1, cfg)
+        res = train_step(train_model, model, optimizer, sampler, cfg, step, autocast, stop if reading else None,
+                         world)
         step, tokens = step + 1, tokens + per_step
+        pending.append(res)
+        if not reading:  # the step is queued on the device; nothing is read until the next read step
+            progress.update(None, None)
+            continue
+        read_steps(pending)  # one host sync for every step since the last read
+        first = next((i for i, r in enumerate(pending) if not r.finite), None)
+        if first is not None:  # its update (and any later bad one) was skipped: the parameters are clean
+            bad = pending[first]
+            what = f"loss is {bad.loss}" if not math.isfinite(bad.loss) else f"gradient norm is {bad.grad_norm}"
+            return diverged(run, what, step - len(pending) + first + 1, log)
         if noise is not None:
-            noise.add(res.first_micro_grad_sq, res.grad_norm**2)
+            for r in pending:
+                noise.add(r.first_micro_grad_sq, r.grad_norm**2)
+        pending.clear()
         record = clock.record(step, cfg, tokens, per_step, res) if step % cfg.log_every == 0 or \
             step == cfg.max_steps else None
         if res.train_stats is not None or (cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.max_steps)):

@@ -407,3 +407,140 @@ def test_grad_accum_takes_the_step_one_big_batch_takes(corpus):
     assert math.isnan(big[0].first_micro_grad_sq) and small[0].first_micro_grad_sq > 0
     for p, q in zip(models[0].parameters(), models[1].parameters(), strict=True):
         torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-6)
+
+
+# ---------------------------------------------------------------------------------------------
+# The step without host syncs (issue 33, item 4): the step's numbers stay on the device until a
+# read step, and the non-finite guard still keeps bad updates out of the parameters.
+
+
+def small_model_and_sampler(corpus, fused: bool, **overrides):
+    from grokcopy.data import WindowSampler, open_corpus
+    from grokcopy.model import Llama
+
+    cfg, model_cfg = train.parse_args([*SMALL, "--data", str(corpus), *overrides.get("argv", [])])
+    torch.manual_seed(0)
+    model = Llama(model_cfg)
+    sampler = WindowSampler(open_corpus(corpus).train, cfg.seq_len + 1, seed=0)
+    return cfg, model, train.make_optimizer(model, cfg, fused=fused), sampler
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-adamw", "foreach-adamw"])
+def test_a_step_reads_nothing_from_the_device(corpus, monkeypatch, fused):
+    """With a fused AdamW (what CUDA uses) train_step takes no scalar off any tensor: .item(), .tolist(),
+    float() and bool() are made to raise while it runs. The foreach AdamW (the CPU's) reads one flag."""
+    import contextlib
+
+    cfg, model, optimizer, sampler = small_model_and_sampler(corpus, fused)
+    reads = []
+
+    def forbidden(name):
+        def read(self, *a, **k):
+            reads.append(name)
+            raise AssertionError(f"host read: Tensor.{name}")
+        return read
+
+    with monkeypatch.context() as m:
+        for name in ("item", "tolist", "__float__", "__bool__"):
+            m.setattr(torch.Tensor, name, forbidden(name))
+        try:
+            res = train.train_step(model, model, optimizer, sampler, cfg, 0, contextlib.nullcontext(), None, world=1)
+        except AssertionError:
+            res = None
+    if fused:
+        assert reads == [] and res.host is None
+    else:
+        assert reads == ["__bool__"]  # guarded_step's one read of the update decision
+
+
+@pytest.mark.parametrize("fused", [True, False], ids=["fused-adamw", "foreach-adamw"])
+def test_a_non_finite_gradient_leaves_parameters_and_optimizer_state_untouched(corpus, fused):
+    import contextlib
+    import copy
+
+    cfg, model, optimizer, sampler = small_model_and_sampler(corpus, fused)
+    nullcast = contextlib.nullcontext()
+    train.train_step(model, model, optimizer, sampler, cfg, 0, nullcast, None, world=1)  # a good step: state exists
+    params = copy.deepcopy(list(model.parameters()))
+    state = copy.deepcopy(optimizer.state_dict()["state"])
+    hook = model.lm_head.weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+    res = train.train_step(model, model, optimizer, sampler, cfg, 1, nullcast, None, world=1)
+    hook.remove()
+    assert math.isfinite(res.loss) and math.isnan(res.grad_norm) and not res.finite
+    for before, after in zip(params, model.parameters(), strict=True):
+        assert torch.equal(before, after)
+    for key, fields_ in state.items():  # the step count too: the fused kernel's skip undoes its increment
+        for name, value in fields_.items():
+            assert torch.equal(value, optimizer.state_dict()["state"][key][name]), (key, name)
+    res = train.train_step(model, model, optimizer, sampler, cfg, 2, nullcast, None, world=1)
+    assert res.finite and not all(torch.equal(a, b) for a, b in zip(params, model.parameters(), strict=True))
+
+
+def test_reads_after_names_every_step_the_loop_acts_on():
+    cfg = train.TrainConfig(max_steps=23, log_every=5, eval_every=7, train_stats_every=0, ckpt_every=10)
+    assert [s for s in range(1, 24) if train.reads_after(s, cfg)] == [5, 7, 10, 14, 15, 20, 21, 23]
+
+
+def test_read_steps_fetches_every_pending_step_at_once():
+    results = [train.StepResult(torch.tensor([float(i), 2.0 * i, float("nan"), 0.0]), None) for i in range(3)]
+    train.read_steps(results)
+    assert [r.host[:2] for r in results] == [[0.0, 0.0], [1.0, 2.0], [2.0, 4.0]]
+    assert results[2].loss == 2.0 and results[2].grad_norm == 4.0 and not results[2].stop
+
+
+def poisoning_train_step(bad_step: int, signal_at: int | None = None):
+    """train.train_step, with the gradient made NaN on (0-based) step `bad_step` and SIGTERM sent to this
+    process during step `signal_at`; records each call's step and the model."""
+    real = train.train_step
+    calls = []
+
+    def step_fn(train_model, model, optimizer, sampler, cfg, step, *args, **kwargs):
+        calls.append((step, model))
+        if step == signal_at:
+            os.kill(os.getpid(), signal.SIGTERM)
+        if step != bad_step:
+            return real(train_model, model, optimizer, sampler, cfg, step, *args, **kwargs)
+        hook = model.lm_head.weight.register_hook(lambda g: torch.full_like(g, float("nan")))
+        try:
+            return real(train_model, model, optimizer, sampler, cfg, step, *args, **kwargs)
+        finally:
+            hook.remove()
+
+    return step_fn, calls
+
+
+def test_divergence_stops_at_the_next_read_with_clean_parameters(corpus, tmp_path, monkeypatch, capsys):
+    """Step 6's gradient is NaN; the loop reads at steps 4 and 8 (log every 4): it skips step 6's update,
+    stops at step 8 naming step 6, writes no checkpoint at 8 and leaves every parameter finite."""
+    from grokcopy.model.run_dir import RunDir
+
+    step_fn, calls = poisoning_train_step(bad_step=5)
+    monkeypatch.setattr(train, "train_step", step_fn)
+    out = tmp_path / "run"
+    code = train.main([*SMALL, "--data", str(corpus), "--out", str(out), "--max-steps", "20", "--log-every", "4",
+                       "--ckpt-every", "4", "--eval-every", "0"])
+    assert code == 3
+    assert "error: gradient norm is nan at step 6" in capsys.readouterr().out
+    assert [c[0] for c in calls] == list(range(8))  # stopped at the first read after the bad step
+    assert [c.path.name for c in RunDir(out).checkpoints()] == ["step-00000004.pt"]
+    assert all(torch.isfinite(p).all() for p in calls[-1][1].parameters())
+    logged = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [4]
+
+
+def test_a_signal_is_acted_on_at_the_next_read_step(corpus, tmp_path, monkeypatch, capsys):
+    """SIGTERM during step 6 (log every 4): the flag reaches the device with step 8, which checkpoints."""
+    from grokcopy.model.run_dir import RunDir
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    step_fn, calls = poisoning_train_step(bad_step=-1, signal_at=5)
+    monkeypatch.setattr(train, "train_step", step_fn)
+    out = tmp_path / "run"
+    try:
+        code = train.main([*SMALL, "--data", str(corpus), "--out", str(out), "--max-steps", "20", "--log-every", "4",
+                           "--ckpt-every", "0", "--eval-every", "0"])
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    assert code == 0 and "stopped by signal at step 8" in capsys.readouterr().out
+    assert len(calls) == 8 and [c.path.name for c in RunDir(out).checkpoints()] == ["step-00000008.pt"]
