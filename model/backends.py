@@ -3,6 +3,10 @@
 attention: torch (plain math, the reference), sdpa (torch's fused kernels), flash_attn (the
            flash-attn package, if installed), triton (grokcopy's kernels)
 norm, mlp: torch, triton
+loss:      torch (F.cross_entropy on the fp32 logits), triton (fused linear + cross-entropy: no logits)
+rope:      torch, triton; not a choice of its own, it follows attention: attention "triton" rotates
+           with the Triton kernel, the peers (sdpa, flash_attn) and the reference (torch) with the
+           reference, and "auto" with rope's entry in AUTO
 
 "auto" picks, per op and device, the backend a GPU measured fastest: the table AUTO below, each
 entry citing the bench/results/ files it comes from. On the CPU it is sdpa for attention and torch
@@ -27,10 +31,11 @@ from grokcopy.kernels import reference
 # attention itself: "sdpa/triton" reads "sdpa, and triton where statistics are wanted".
 AUTO = {
     "attention": ("sdpa/triton", "sdpa/triton",
-                  "attention.json (H100 call3; the H200 call measured no peers): SDPA's cuDNN kernel runs "
-                  "forward+backward 1.27-1.69x the Triton attention over T 1024-4096, D 64/128 (1.27x at "
-                  "T1024-D64, paper-162m's shape); train_matrix.json: sdpa-triton-triton 302k tokens/s against "
-                  "triton-triton-triton 295k"),
+                  "train_matrix.json (H100): in the model, sdpa-triton-triton 302k tokens/s against "
+                  "triton-triton-triton 295k (with whichever kernel SDPA picks); attention.json (H100 call3; "
+                  "the H200 call measured no peers), forward+backward over T 1024-4096, D 64/128: SDPA's cuDNN "
+                  "kernel runs 1.27-1.69x the Triton attention (1.27x at T1024-D64, paper-162m's shape), SDPA's "
+                  "flash kernel 0.90-1.12x it"),
     "norm": ("triton", "torch",
              "kernels.json, rms_norm and fused_add_rms_norm 65536x768 forward+backward: Triton 4.4x/3.7x eager "
              "torch (H100), but torch.compile's generated kernel is 1.4-1.9x the Triton one (H100 and H200), and "
@@ -39,6 +44,17 @@ AUTO = {
     "mlp": ("triton", "triton",
             "kernels.json, swiglu_packed 65536x3072 forward+backward: Triton 6.8x eager torch and 1.06x "
             "torch.compile (H100), 1.36x compile (H200), at 98% of copy bandwidth"),
+    # Not measured on a GPU yet (no bench/results entry): chosen by bytes moved. The fused loss never
+    # forms the [N, V] logits (at paper-162m 2.1 GB in bf16 plus 4.2 GB as fp32, then an fp32
+    # log-softmax and its gradient: ~40 GB of traffic against ~13 GB, kernels/linear_cross_entropy.py)
+    "loss": ("triton", "triton",
+             "unmeasured: the fused linear cross-entropy moves about a third of the plain path's bytes and "
+             "never holds the 4.2 GB of fp32 logits"),
+    # RoPE: one kernel over q and k instead of ~10 eager kernels per tensor; compiled, Inductor fuses
+    # the eager form itself (and into its neighbours, which the opaque custom op prevents)
+    "rope": ("triton", "torch",
+             "unmeasured: eager, one read and write of q and k against ~10 elementwise kernels per tensor; "
+             "compiled, Inductor generates the same single pass and may fuse it further"),
 }
 
 
@@ -56,13 +72,18 @@ def available(op: str, backend: str) -> bool:
             from grokcopy import kernels
         except ImportError:
             return False
-        name = {"attention": "flash_attention", "norm": "rms_norm", "mlp": "swiglu_packed"}[op]
+        name = {"attention": "flash_attention", "norm": "rms_norm", "mlp": "swiglu_packed",
+                "loss": "linear_cross_entropy", "rope": "rotary"}[op]
         return hasattr(kernels, name)
     return False
 
 
 def resolve(op: str, backend: str, device_type: str, dropout: bool = False) -> str:
-    """The concrete backend for `op` on `device_type`; raises naming the op if it cannot run."""
+    """The concrete backend for `op` on `device_type`; raises naming the op if it cannot run.
+
+    For "rope", `backend` is the attention's (see the module docstring)."""
+    if op == "rope" and backend not in ("auto", "triton"):
+        backend = "torch"
     if backend == "auto":
         if device_type != "cuda":
             return "sdpa" if op == "attention" else "torch"
@@ -170,3 +191,38 @@ def swiglu_packed(gate_up: torch.Tensor, backend: str) -> torch.Tensor:
 
         return kernels.swiglu_packed(gate_up)
     return reference.swiglu_reference(*gate_up.chunk(2, dim=-1))
+
+
+def rope(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, backend: str):
+    """(q, k) rotated by position: q [B, T, Hq, D], k [B, T, Hkv, D], cos and sin [T, D] fp32.
+
+    triton: one kernel over both (fp32 arithmetic, one rounding); torch: reference.rotary_reference
+    on each, in the inputs' dtype as Hugging Face computes it."""
+    if backend == "triton":
+        from grokcopy import kernels
+
+        return kernels.rotary(q, k, cos, sin)
+    return reference.rotary_reference(q, cos, sin), reference.rotary_reference(k, cos, sin)
+
+
+def loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, backend: str) -> torch.Tensor:
+    """Mean next-token cross-entropy (fp32) of the LM head: logits = hidden [B, T, D] @ weight [V, D]^T
+    against targets [B, T] (int64, -100 ignored).
+
+    triton: the fused kernel, which never forms the logits (under autocast it casts hidden and weight
+    to the autocast dtype, as the LM head's matmul would). torch: the LM head's matmul (in the
+    compiled graph when the model is compiled) and then F.cross_entropy on the fp32 logits, eagerly.
+    """
+    if backend == "triton":
+        from grokcopy import kernels
+
+        return kernels.linear_cross_entropy(hidden.flatten(0, -2), weight, targets.reshape(-1))
+    return _eager_cross_entropy(F.linear(hidden, weight), targets)
+
+
+@torch.compiler.disable
+def _eager_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """The torch backend's cross-entropy, kept out of torch.compile's graph: train.py computed it
+    eagerly on the compiled model's logits before the loss moved into the model, and the CPU default
+    (`tiny`, compiled) must keep those bits, which Inductor's own log-softmax would not."""
+    return reference.cross_entropy_reference(logits, targets)
