@@ -365,4 +365,4 @@ def test_every_command_line_tool_is_listed():
     tools = {f"{PACKAGE_OF_FOLDER[path.parent.name]}.{path.stem}"
              for folder in PACKAGE_OF_FOLDER for path in (ROOT / folder).glob("*.py")
              if "\ndef main(" in path.read_text() and '__name__ == "__main__"' in path.read_text()}
-    assert tools and tools <= listed, sorted(tools - listed)
+    assert tools and tools <= listed, f"add {sorted(tools - listed)} to ENTRY_POINTS in grokcopy/__main__.py"
