@@ -69,8 +69,8 @@ MODEL_FIELDS = {f.name for f in fields(LlamaConfig)}
 # What a resumed run may change freely (how it is run and logged); anything else in TrainConfig is
 # the recipe, which changes only with --change-recipe (and never the data order's world size).
 RUN_FIELDS = {"out", "max_steps", "log_every", "eval_every", "train_stats_every", "ckpt_every", "keep_ckpts",
-              "device", "dtype", "compile", "fsdp", "quiet", "init_from_hf", "tensorboard", "change_recipe",
-              "preset", "global_batch", "wandb", "wandb_project"}
+              "device", "dtype", "compile", "deterministic", "fsdp", "quiet", "init_from_hf", "tensorboard",
+              "change_recipe", "restart", "preset", "global_batch", "wandb", "wandb_project"}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -456,6 +456,40 @@ def restore(model, optimizer, sampler: WindowSampler, state: dict, rank: int) ->
 def save_checkpoint(run: RunDir, model, optimizer, sampler, cfg: TrainConfig, model_cfg: LlamaConfig,
                     step: int, tokens: int, world: int, master: bool) -> bool:
     """Write a checkpoint, unless a parameter is not finite (then write nothing, return False):
+def use_deterministic_algorithms(cfg: TrainConfig, device: torch.device, log) -> bool:
+    """Make every kernel of the step sum in a fixed order, so that a run and its kill -9 + resume are
+    bit-identical at a fixed thread count. Returns whether it did (--deterministic; default: CPU only).
+
+    Eager CPU kernels already are. The one compiled op that is not (found by bisection, issue 28):
+    inductor fuses the embedding's backward (a scatter-add of the token gradients into the rows of
+    their tokens) into the first norm's backward and writes it with `atomic_add_vec` inside an
+    OpenMP loop, so at two threads or more the float additions to a row shared by two threads land
+    in a run-dependent order. In deterministic mode inductor lowers that index_put to aten's, which
+    accumulates serially on the CPU; nothing else in the compiled step changes. warn_only: an op
+    without a deterministic kernel warns instead of stopping a run, and uninitialised memory is not
+    filled (torch.empty stays free; nothing here reads memory it did not write).
+
+    On CUDA it also needs cuBLAS's fixed workspace (set here, before cuBLAS starts), inductor's
+    deterministic mode (no benchmark-chosen reduction configs), and the Triton kernels' first config
+    instead of an autotuned one (GROKCOPY_AUTOTUNE=0, read when the kernels are imported, so it must
+    be in the environment: we only warn)."""
+    on = cfg.deterministic if cfg.deterministic is not None else device.type == "cpu"
+    if not on:
+        return False
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        import torch._inductor.config as inductor_config
+
+        if hasattr(inductor_config, "deterministic"):  # torch >= 2.6
+            inductor_config.deterministic = True
+        if os.environ.get("GROKCOPY_AUTOTUNE", "1") != "0":
+            log("note: --deterministic on CUDA: set GROKCOPY_AUTOTUNE=0 too, or the Triton kernels' autotuner "
+                "may pick another launch config (another summation order) after a resume")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    return True
+
+
     a diverged update must never replace the last good checkpoint."""
     device = next(model.parameters()).device
     finite = torch.tensor(float(all(bool(torch.isfinite(p).all()) for p in model.parameters())), device=device)
@@ -846,6 +880,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
+    use_deterministic_algorithms(cfg, device, log)
         device = torch.device("cpu")
     if distributed:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")

@@ -143,6 +143,9 @@ class TrainConfig:
     quiet: bool = False
     init_from_hf: str = ""  # an HF Llama directory: its shape and weights start a fresh run
     tensorboard: bool | None = None  # event files in <run>/tb; None: on when tensorboard is installed
+    # bit-identical runs and resumes at a fixed thread count (train.use_deterministic_algorithms);
+    # None: on for the CPU, where it costs little, off on CUDA, where it costs speed
+    deterministic: bool | None = None
     wandb: bool = False  # log the same records to Weights & Biases (the `wandb` extra)
     wandb_project: str = "grokcopy"
     change_recipe: bool = False  # on resume: accept recipe fields that differ from the checkpoint's

@@ -83,6 +83,37 @@ def test_kill9_then_resume_is_bit_identical(corpus, tmp_path, compile_flag):
     assert steps == sorted(set(steps)) and steps[-1] == 30
 
 
+def checkpoint_at(run_dir, step: int):
+    from grokcopy.model.run_dir import RunDir
+
+    (ckpt,) = [c for c in RunDir(run_dir).checkpoints() if c.step == step]
+    return torch.load(ckpt.path, weights_only=False)
+
+
+# tiny's shape, smaller: 3 layers, the last without RoPE
+TINY_LIKE = [*SMALL[: SMALL.index("--n-layers")], "--n-layers", "3", "--nope-every", "3", "--d-model", "64",
+             "--n-heads", "2", "--d-mlp", "256", *SMALL[SMALL.index("--context"): SMALL.index("--no-compile")]]
+
+
+@pytest.mark.slow
+def test_compiled_default_at_two_threads_is_bit_identical_across_runs_and_kill9_resume(corpus, tmp_path):
+    """Issue 28: what the README command runs -- compiled, bf16 autocast where the CPU has it
+    (--dtype auto), two threads, tiny's 3-layer shape with its NoPE layer. Inductor's atomic
+    scatter-add in the embedding's backward made two fresh runs differ in every parameter and a
+    kill -9 + resume differ from the straight run; with --no-deterministic this test fails."""
+    args = [*TINY_LIKE, "--data", str(corpus), "--max-steps", "30", "--ckpt-every", "10", "--eval-every", "0",
+            "--compile", "--dtype", "auto"]
+    straight = run_train([*args, "--out", str(tmp_path / "straight")], OMP_NUM_THREADS="2")
+    assert straight.returncode == 0, straight.stderr
+    crashed = run_train([*args, "--out", str(tmp_path / "crashed")], kill_after_step=25, OMP_NUM_THREADS="2")
+    assert crashed.returncode == -signal.SIGKILL, crashed.stderr
+    # two fresh runs: the same bits at step 20 (the crashed run's last checkpoint)
+    assert_same_state(checkpoint_at(tmp_path / "straight", 20), checkpoint_at(tmp_path / "crashed", 20))
+    resumed = run_train([*args, "--out", str(tmp_path / "crashed")], OMP_NUM_THREADS="2")
+    assert resumed.returncode == 0 and "from step 20" in resumed.stdout, resumed.stderr
+    assert_same_state(final_state(tmp_path / "straight"), final_state(tmp_path / "crashed"))
+
+
 @pytest.mark.slow
 def test_resume_may_switch_backend_but_not_shape(corpus, tmp_path):
     """A run can continue on other kernels (say a CPU run resumed on a GPU); not with another shape."""
