@@ -402,6 +402,40 @@ def forward_dtype(flag: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
+def use_deterministic_algorithms(cfg: TrainConfig, device: torch.device, log) -> bool:
+    """Make every kernel of the step sum in a fixed order, so that a run and its kill -9 + resume are
+    bit-identical at a fixed thread count. Returns whether it did (--deterministic; default: CPU only).
+
+    Eager CPU kernels already are. The one compiled op that is not (found by bisection, issue 28):
+    inductor fuses the embedding's backward (a scatter-add of the token gradients into the rows of
+    their tokens) into the first norm's backward and writes it with `atomic_add_vec` inside an
+    OpenMP loop, so at two threads or more the float additions to a row shared by two threads land
+    in a run-dependent order. In deterministic mode inductor lowers that index_put to aten's, which
+    accumulates serially on the CPU; nothing else in the compiled step changes. warn_only: an op
+    without a deterministic kernel warns instead of stopping a run, and uninitialised memory is not
+    filled (torch.empty stays free; nothing here reads memory it did not write).
+
+    On CUDA it also needs cuBLAS's fixed workspace (set here, before cuBLAS starts), inductor's
+    deterministic mode (no benchmark-chosen reduction configs), and the Triton kernels' first config
+    instead of an autotuned one (GROKCOPY_AUTOTUNE=0, read when the kernels are imported, so it must
+    be in the environment: we only warn)."""
+    on = cfg.deterministic if cfg.deterministic is not None else device.type == "cpu"
+    if not on:
+        return False
+    if device.type == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        import torch._inductor.config as inductor_config
+
+        if hasattr(inductor_config, "deterministic"):  # torch >= 2.6
+            inductor_config.deterministic = True
+        if os.environ.get("GROKCOPY_AUTOTUNE", "1") != "0":
+            log("note: --deterministic on CUDA: set GROKCOPY_AUTOTUNE=0 too, or the Triton kernels' autotuner "
+                "may pick another launch config (another summation order) after a resume")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = False
+    return True
+
+
 def build_model(cfg: TrainConfig, model_cfg: LlamaConfig, device: torch.device, world: int, fresh: bool, log):
     """(model, the module the loop calls: DDP / FSDP2 / compiled, optimizer), seeded from cfg.seed."""
     torch.manual_seed(cfg.seed)
@@ -456,40 +490,6 @@ def restore(model, optimizer, sampler: WindowSampler, state: dict, rank: int) ->
 def save_checkpoint(run: RunDir, model, optimizer, sampler, cfg: TrainConfig, model_cfg: LlamaConfig,
                     step: int, tokens: int, world: int, master: bool) -> bool:
     """Write a checkpoint, unless a parameter is not finite (then write nothing, return False):
-def use_deterministic_algorithms(cfg: TrainConfig, device: torch.device, log) -> bool:
-    """Make every kernel of the step sum in a fixed order, so that a run and its kill -9 + resume are
-    bit-identical at a fixed thread count. Returns whether it did (--deterministic; default: CPU only).
-
-    Eager CPU kernels already are. The one compiled op that is not (found by bisection, issue 28):
-    inductor fuses the embedding's backward (a scatter-add of the token gradients into the rows of
-    their tokens) into the first norm's backward and writes it with `atomic_add_vec` inside an
-    OpenMP loop, so at two threads or more the float additions to a row shared by two threads land
-    in a run-dependent order. In deterministic mode inductor lowers that index_put to aten's, which
-    accumulates serially on the CPU; nothing else in the compiled step changes. warn_only: an op
-    without a deterministic kernel warns instead of stopping a run, and uninitialised memory is not
-    filled (torch.empty stays free; nothing here reads memory it did not write).
-
-    On CUDA it also needs cuBLAS's fixed workspace (set here, before cuBLAS starts), inductor's
-    deterministic mode (no benchmark-chosen reduction configs), and the Triton kernels' first config
-    instead of an autotuned one (GROKCOPY_AUTOTUNE=0, read when the kernels are imported, so it must
-    be in the environment: we only warn)."""
-    on = cfg.deterministic if cfg.deterministic is not None else device.type == "cpu"
-    if not on:
-        return False
-    if device.type == "cuda":
-        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-        import torch._inductor.config as inductor_config
-
-        if hasattr(inductor_config, "deterministic"):  # torch >= 2.6
-            inductor_config.deterministic = True
-        if os.environ.get("GROKCOPY_AUTOTUNE", "1") != "0":
-            log("note: --deterministic on CUDA: set GROKCOPY_AUTOTUNE=0 too, or the Triton kernels' autotuner "
-                "may pick another launch config (another summation order) after a resume")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.utils.deterministic.fill_uninitialized_memory = False
-    return True
-
-
     a diverged update must never replace the last good checkpoint."""
     device = next(model.parameters()).device
     finite = torch.tensor(float(all(bool(torch.isfinite(p).all()) for p in model.parameters())), device=device)
@@ -790,6 +790,7 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
     run, resume = open_run_dir(cfg, model_cfg, data_dir, corpus, world, master, log)
     sampler = WindowSampler(corpus.train, cfg.seq_len + 1, seed=cfg.seed, rank=rank, world_size=world,
                             sink=corpus.meta["tokenizer"]["eot_id"] if cfg.sink else None)
+    use_deterministic_algorithms(cfg, device, log)
     model, train_model, optimizer = build_model(cfg, model_cfg, device, world, resume.state is None, log)
     step, tokens, per_step = resume.step, resume.tokens, tokens_per_step(cfg, world)
     if resume.state is not None:
@@ -880,7 +881,6 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.set_device(local_rank)
         device = torch.device("cuda", local_rank)
     else:
-    use_deterministic_algorithms(cfg, device, log)
         device = torch.device("cpu")
     if distributed:
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
