@@ -366,3 +366,27 @@ def test_every_command_line_tool_is_listed():
              for folder in PACKAGE_OF_FOLDER for path in (ROOT / folder).glob("*.py")
              if "\ndef main(" in path.read_text() and '__name__ == "__main__"' in path.read_text()}
     assert tools and tools <= listed, f"add {sorted(tools - listed)} to ENTRY_POINTS in grokcopy/__main__.py"
+
+
+def anchor(heading: str) -> str:
+    """GitHub's anchor of a Markdown heading."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_links_between_the_pages_resolve():
+    """Every relative link of README.md and the topic pages names a file that exists (and a heading
+    that exists, for a #fragment into a Markdown page)."""
+    broken = []
+    for page in INLINE_CHECKED:
+        for target in re.findall(r"\]\(([^)\s]+)\)", page.read_text()):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, fragment = target.partition("#")
+            file = (page.parent / path).resolve() if path else page
+            if not file.exists():
+                broken.append(f"{page.name}: {target}")
+            elif fragment and file.suffix == ".md":
+                headings = re.findall(r"^#+ (.+)$", file.read_text(), re.M)
+                if fragment not in {anchor(h) for h in headings}:
+                    broken.append(f"{page.name}: {target} (no such heading)")
+    assert not broken, broken
