@@ -87,6 +87,8 @@ def resolve(op: str, backend: str, device_type: str, dropout: bool = False) -> s
     if backend == "auto":
         if device_type != "cuda":
             return "sdpa" if op == "attention" else "torch"
+        if op not in AUTO:  # an op no GPU has compared yet: ours where it runs
+            return "triton" if available(op, "triton") else "torch"
         # OpBackend resolves once per device, on the first call: under torch.compile that call is
         # traced, and a model compiled from its first step (train.py --compile) keeps the compiled choice
         eager, compiled, _ = AUTO[op]
