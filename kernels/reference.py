@@ -19,8 +19,11 @@ __all__ = [
     "attention_reference",
     "attention_stats_reference",
     "causal_attention_stats",
+    "cross_entropy_reference",
     "fused_add_rms_norm_reference",
+    "linear_cross_entropy_reference",
     "rms_norm_reference",
+    "rotary_reference",
     "swiglu_reference",
 ]
 
@@ -169,3 +172,36 @@ def causal_attention_stats(q: torch.Tensor, k: torch.Tensor, targets: torch.Tens
         probs, lse = _softmax(_scores(q[:, :, rows], k, True, None, first_query=start, n_queries=T))
         parts.append(_stats(probs, lse, targets[:, rows]))
     return AttentionStats(*(torch.cat(p, dim=2) for p in zip(*parts, strict=True)))
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embedding (kernels/rotary.py)
+
+
+def rotary_reference(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate x [B, T, H, D] by position, x * cos + rotate_half(x) * sin, with cos and sin [T, D]
+    (fp32, halves repeated: HF's layout) rounded to x's dtype first and each operation rounded to
+    x's dtype, as Hugging Face's Llama computes it (the kernel rounds once instead)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    return x * cos + rotated * sin
+
+
+# ---------------------------------------------------------------------------------------------
+# Linear + cross-entropy (kernels/linear_cross_entropy.py)
+
+
+def linear_cross_entropy_reference(x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                                   ignore_index: int = -100) -> torch.Tensor:
+    """Mean cross-entropy of the logits x [..., D] @ weight [V, D]^T against targets [...] (int64),
+    the logits materialised and cast to fp32 (float64 stays float64) before the log-softmax, rows
+    with target == ignore_index left out of the mean (nan when none is left)."""
+    logits = F.linear(x, weight)
+    return cross_entropy_reference(logits, targets, ignore_index)
+
+
+def cross_entropy_reference(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """F.cross_entropy on logits [..., V] cast to fp32 at least, flattened against targets [...]."""
+    logits = logits.to(_compute_dtype(logits))
+    return F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=ignore_index)
