@@ -270,7 +270,7 @@ def model_shape(model_config: dict) -> dict:
     """A model config without its backend choices (a run may resume on other kernels, say CPU -> GPU),
     with the defaults of fields added since it was written (a checkpoint from before nope_every)."""
     full = LlamaConfig.from_dict(model_config).to_dict()
-    return {k: v for k, v in full.items() if k not in ("attention", "norm", "mlp")}
+    return {k: v for k, v in full.items() if k not in ("attention", "norm", "mlp", "loss")}
 
 
 def parameter_digest(model: torch.nn.Module) -> str:
@@ -662,11 +662,10 @@ def train_step(train_model, model, optimizer, sampler: WindowSampler, cfg: Train
         with (contextlib.nullcontext() if sync else train_model.no_sync()), autocast:
             if micro == 0 and cfg.train_stats_every and (step + 1) % cfg.train_stats_every == 0:
                 targets = text_targets(batch[:, :-1])
-                logits, stats = train_model(batch[:, :-1], attention_targets=targets)
+                loss, stats = train_model(batch[:, :-1], attention_targets=targets, targets=batch[:, 1:])
                 train_stats = batch_text_scores(stats, targets)
             else:
-                logits = train_model(batch[:, :-1])
-            loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), batch[:, 1:].flatten())
+                loss = train_model(batch[:, :-1], targets=batch[:, 1:])
             (loss / cfg.grad_accum).backward()
         loss_sum += loss.detach()
         if micro == 0 and cfg.grad_accum > 1:  # the noise scale's small batch: this micro-batch alone

@@ -13,13 +13,15 @@ from dataclasses import asdict, dataclass, field, fields
 ATTENTION_BACKENDS = ("auto", "torch", "sdpa", "flash_attn", "triton")
 NORM_BACKENDS = ("auto", "torch", "triton")
 MLP_BACKENDS = ("auto", "torch", "triton")
+LOSS_BACKENDS = ("auto", "torch", "triton")
 
 
 @dataclass
 class LlamaConfig:
     """Shape and behaviour of a Llama: pre-RMSNorm blocks, RoPE attention (optionally grouped KV
-    heads, optionally NoPE layers), SwiGLU MLP. `attention`, `norm` and `mlp` pick each op's
-    backend ("auto": the fastest available on the device the model runs on)."""
+    heads, optionally NoPE layers), SwiGLU MLP. `attention`, `norm`, `mlp` and `loss` (the LM head's
+    cross-entropy) pick each op's backend ("auto": the fastest available on the device the model
+    runs on); RoPE follows `attention` (model/backends.py)."""
 
     vocab_size: int = 32000
     n_layers: int = 12
@@ -45,6 +47,7 @@ class LlamaConfig:
     attention: str = "auto"
     norm: str = "auto"
     mlp: str = "auto"
+    loss: str = "auto"
 
     def __post_init__(self):
         self.validate()
@@ -82,7 +85,8 @@ class LlamaConfig:
             raise ValueError(f"nope_every must be >= 0 (0: RoPE in every layer), got {self.nope_every}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name, allowed in (("attention", ATTENTION_BACKENDS), ("norm", NORM_BACKENDS), ("mlp", MLP_BACKENDS)):
+        for name, allowed in (("attention", ATTENTION_BACKENDS), ("norm", NORM_BACKENDS), ("mlp", MLP_BACKENDS),
+                              ("loss", LOSS_BACKENDS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} backend {getattr(self, name)!r}; choose from {list(allowed)}")
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from grokcopy.kernels.reference import AttentionStats
 from grokcopy.model import backends
@@ -36,14 +35,6 @@ def rope_tables(T: int, head_dim: int, theta: float, device) -> tuple[torch.Tens
     angles = torch.outer(torch.arange(T, device=device, dtype=torch.float32), inv_freq)
     angles = torch.cat([angles, angles], dim=-1)
     return angles.cos(), angles.sin()
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate x [B, T, H, D] by position: x * cos + rotate_half(x) * sin."""
-    x1, x2 = x.chunk(2, dim=-1)
-    rotated = torch.cat([-x2, x1], dim=-1)
-    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
-    return x * cos + rotated * sin
 
 
 class OpBackend:
@@ -99,6 +90,7 @@ class Attention(nn.Module):
     def __init__(self, cfg: LlamaConfig, rope: bool = True):
         super().__init__()
         self.cfg, self.backend, self.rope = cfg, OpBackend("attention", cfg.attention), rope
+        self.rope_backend = OpBackend("rope", cfg.attention)  # RoPE follows the attention's choice
         hd = cfg.head_dim
         self.wqkv = nn.Linear(cfg.d_model, (cfg.n_heads + 2 * cfg.kv_heads) * hd, bias=cfg.attention_bias)
         self.wo = nn.Linear(cfg.n_heads * hd, cfg.d_model, bias=cfg.attention_bias)
@@ -111,7 +103,7 @@ class Attention(nn.Module):
         )
         q, k = q.view(B, T, cfg.n_heads, cfg.head_dim), k.view(B, T, cfg.kv_heads, cfg.head_dim)
         if self.rope:
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            q, k = backends.rope(q, k, cos, sin, self.rope_backend.on(x))
         v = v.view(B, T, cfg.kv_heads, cfg.head_dim)
         dropout_p = cfg.dropout if self.training else 0.0
         out, stats = backends.attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
@@ -146,7 +138,8 @@ def _rename_legacy_mlp_keys(state_dict, prefix, *args) -> None:
 
 
 class Llama(nn.Module):
-    """Causal Llama language model. forward(idx [B, T] int64) -> logits [B, T, vocab_size]."""
+    """Causal Llama language model. forward(idx [B, T] int64) -> logits [B, T, vocab_size], or with
+    targets the mean cross-entropy instead (through the loss backend, which may never form the logits)."""
 
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
@@ -158,6 +151,7 @@ class Llama(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.embed.weight
         self.dropout = nn.Dropout(cfg.dropout)
+        self.loss_backend = OpBackend("loss", cfg.loss)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -174,10 +168,16 @@ class Llama(nn.Module):
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
-    def forward(self, idx: torch.Tensor, attention_targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, attention_targets: torch.Tensor | None = None,
+                targets: torch.Tensor | None = None):
         """idx [B, T] int64, T <= context -> logits [B, T, vocab] (fp32 unless under autocast).
 
-        With attention_targets [B, T, K] (key indices, -1 = none) it returns (logits,
+        With targets [B, T] (int64, -100 ignored) it returns the mean cross-entropy (fp32 scalar) in
+        place of the logits: the loss backend's, and the triton one never forms them (at paper-162m
+        the fp32 logits alone are 4.2 GB). Training calls it this way, so that DDP and torch.compile
+        see the loss inside the module they wrap.
+
+        With attention_targets [B, T, K] (key indices, -1 = none) it returns (logits or loss,
         [AttentionStats per layer]): the statistics the induction scores are made of.
         """
         B, T = idx.shape
@@ -189,10 +189,13 @@ class Llama(nn.Module):
         for block in self.blocks:
             x, stats = block(x, cos, sin, attention_targets)
             all_stats.append(stats)
-        logits = self.lm_head(self.norm(x))
-        return logits if attention_targets is None else (logits, all_stats)
+        h = self.norm(x)
+        if targets is None:
+            out = self.lm_head(h)
+        else:
+            out = backends.loss(h, self.lm_head.weight, targets, self.loss_backend.on(h))
+        return out if attention_targets is None else (out, all_stats)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy (fp32) of logits(idx [B, T]) against targets [B, T]."""
-        logits = self(idx)
-        return F.cross_entropy(logits.float().view(-1, logits.shape[-1]), targets.reshape(-1))
+        """Mean next-token cross-entropy (fp32) of idx [B, T] against targets [B, T]: forward's loss."""
+        return self(idx, targets=targets)

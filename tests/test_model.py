@@ -217,3 +217,126 @@ def test_triton_backends_match_torch(ops):
     torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-6)
     for name, grad in ref_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The loss and RoPE backends: the fused linear cross-entropy and the rotary kernel against the torch
+# path, with a NoPE layer (nope_every=2: layer 1) and grouped KV heads (SMALL: 4 query, 2 KV heads).
+
+NOPE_GQA = dict(SMALL, nope_every=2)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a.double() - b.double()).norm() / b.double().norm()).item()
+
+
+def loss_and_grads_on(cfg: LlamaConfig, idx: torch.Tensor, autocast: bool, rope: str | None = None):
+    """(loss, {name: grad}) of a fresh seed-0 model; `rope` overrides the RoPE backend of each block."""
+    from grokcopy.model.llama import OpBackend
+
+    torch.manual_seed(0)
+    model = Llama(cfg)
+    if rope:
+        for block in model.blocks:
+            block.attn.rope_backend = OpBackend("rope", rope)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+        loss = model.loss(idx[:, :-1], idx[:, 1:])
+    loss.backward()
+    return loss.detach(), {n: p.grad for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+@pytest.mark.parametrize("tie", [False, True], ids=["untied", "tied"])
+def test_triton_loss_matches_torch(autocast, tie):
+    idx = torch.randint(0, 97, (2, 21))
+    ref_loss, ref_grads = loss_and_grads_on(LlamaConfig(**NOPE_GQA, tie_embeddings=tie, loss="torch"), idx, autocast)
+    loss, grads = loss_and_grads_on(LlamaConfig(**NOPE_GQA, tie_embeddings=tie, loss="triton"), idx, autocast)
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-5 if not autocast else 1e-4, atol=0)
+    for name, grad in ref_grads.items():
+        assert rel_err(grads[name], grad) <= (1e-5 if not autocast else 1e-2), name
+
+
+@pytest.mark.parametrize("autocast", [False, True], ids=["fp32", "bf16-autocast"])
+def test_triton_rope_matches_torch_with_a_nope_layer_and_grouped_kv(autocast, monkeypatch):
+    from grokcopy.model import backends
+
+    idx = torch.randint(0, 97, (2, 21))
+    ref_loss, ref_grads = loss_and_grads_on(LlamaConfig(**NOPE_GQA, attention="torch"), idx, autocast)
+    calls = []
+    rope = backends.rope
+    monkeypatch.setattr(backends, "rope", lambda *args: calls.append(args[-1]) or rope(*args))
+    loss, grads = loss_and_grads_on(LlamaConfig(**NOPE_GQA, attention="torch"), idx, autocast, rope="triton")
+    assert calls == ["triton"]  # layer 0 rotates, layer 1 is the NoPE layer
+    torch.testing.assert_close(loss, ref_loss, rtol=1e-6 if not autocast else 1e-3, atol=0)
+    for name, grad in ref_grads.items():
+        # bf16: the kernel rounds once where the reference rounds each product, ~1 ulp apart
+        assert rel_err(grads[name], grad) <= (1e-6 if not autocast else 1e-2), name
+
+
+def test_the_torch_loss_is_the_cross_entropy_of_the_logits_bit_for_bit():
+    """The CPU default (loss auto -> torch) keeps the bits train.py had when it computed
+    F.cross_entropy(logits.float()) outside the model, under bf16 autocast and in backward."""
+    idx = torch.randint(0, 97, (2, 17))
+    results = []
+    for through_forward in (True, False):
+        torch.manual_seed(0)
+        model = Llama(LlamaConfig(**NOPE_GQA))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if through_forward:
+                loss = model(idx[:, :-1], targets=idx[:, 1:])
+            else:
+                loss = F.cross_entropy(model(idx[:, :-1]).float().flatten(0, 1), idx[:, 1:].flatten())
+        loss.backward()
+        results.append((loss.detach(), [p.grad for p in model.parameters()]))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    assert torch.equal(loss_a, loss_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
+
+
+def test_the_loss_comes_with_attention_stats():
+    """The train_stats path: forward with targets and attention_targets gives (loss, stats)."""
+    from grokcopy.evals.targets import induction_targets
+
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(**NOPE_GQA, attention="torch", loss="triton")).eval()
+    idx = torch.randint(0, 97, (2, 17))
+    targets = induction_targets(idx[:, :-1])
+    with torch.no_grad():
+        loss, stats = model(idx[:, :-1], attention_targets=targets, targets=idx[:, 1:])
+        logits, ref_stats = model(idx[:, :-1], attention_targets=targets)
+    ref = F.cross_entropy(logits.flatten(0, 1), idx[:, 1:].flatten())
+    torch.testing.assert_close(loss, ref, rtol=1e-5, atol=0)
+    assert len(stats) == 2
+    assert all(torch.equal(a.target_mass, b.target_mass) for a, b in zip(stats, ref_stats, strict=True))
+
+
+def test_the_triton_loss_and_rope_trace_whole():
+    """The model with the fused loss and the rotary kernel compiles as one graph (aot_eager runs the
+    traced forward and backward under the interpreter) and gives eager's loss and gradients."""
+    from grokcopy.model.llama import OpBackend
+
+    torch._dynamo.reset()
+    idx = torch.randint(0, 97, (2, 13))
+    runs = []
+    for compiled in (False, True):
+        torch.manual_seed(0)
+        model = Llama(LlamaConfig(**NOPE_GQA, attention="torch", loss="triton"))
+        for block in model.blocks:
+            block.attn.rope_backend = OpBackend("rope", "triton")
+        fn = torch.compile(model, fullgraph=True, backend="aot_eager") if compiled else model
+        loss = fn(idx[:, :-1], targets=idx[:, 1:])
+        loss.backward()
+        runs.append((loss.detach(), [p.grad for p in model.parameters()]))
+    torch.testing.assert_close(runs[1][0], runs[0][0], rtol=1e-6, atol=0)
+    for a, b in zip(runs[0][1], runs[1][1], strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-7)
+
+
+def test_loss_and_rope_backend_resolution():
+    assert resolve("loss", "auto", "cpu") == "torch" and resolve("rope", "auto", "cpu") == "torch"
+    assert resolve("loss", "triton", "cpu") == "triton"
+    # RoPE follows the attention: its kernel with Triton attention, the reference with the others
+    assert resolve("rope", "triton", "cpu") == "triton"
+    assert [resolve("rope", a, "cuda") for a in ("torch", "sdpa", "flash_attn")] == ["torch"] * 3
+    with pytest.raises(ValueError, match="unknown loss backend"):
+        LlamaConfig(**SMALL, loss="fused")
