@@ -27,6 +27,7 @@ import time
 import tomllib
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -41,6 +42,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from grokcopy.cli import run_cli
 from grokcopy.data import Corpus, CorpusError, DataError, WindowSampler, open_corpus
+from grokcopy.data.corpus import corpus_identity, identity_changes, meta_identity
 from grokcopy.data.prepare import ensure_default_corpus
 from grokcopy.evals import metric_keys as mk
 from grokcopy.evals.copying import (
@@ -76,6 +78,14 @@ RUN_FIELDS = {"out", "max_steps", "log_every", "eval_every", "train_stats_every"
 # ---------------------------------------------------------------------------------------------
 # Configuration: preset < config file < flags, each value checked against its annotated type
 
+FLAG_HELP = {
+    "change_recipe": "on resume: continue with recipe values (LR, batch, data, ...) or a corpus that differ from "
+                     "the checkpoint's; the change is recorded in config.json",
+    "restart": "start over in an --out that holds an earlier run's config.json, metrics.jsonl or final.json but "
+               "no checkpoint (its records are dropped; lines of yours in metrics.jsonl are kept). Without it "
+               "such an --out is refused. A run with checkpoints is never restarted: it resumes",
+}
+
 
 def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, LlamaConfig]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -85,7 +95,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, LlamaConfig]
         flag = "--" + f.name.replace("_", "-")
         kind, _ = scalar_type(hints[f.name])
         if kind is bool:
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None)
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=FLAG_HELP.get(f.name))
         else:
             parser.add_argument(flag, type=kind, default=None, metavar=f.name.upper())
     args = vars(parser.parse_args(argv))
@@ -158,6 +168,11 @@ def validate(cfg: TrainConfig, model_cfg: LlamaConfig) -> None:
     hints = field_types(TrainConfig)
     for f in fields(TrainConfig):  # values from a preset or a caller are typed too, not only the file's
         check_type(f.name, getattr(cfg, f.name), hints[f.name], "--" + f.name.replace("_", "-") + ":")
+    # every float must be a number: nan fails each range check below, but inf passes `> 0` (an LR
+    # of inf trains to nan in one step), so finiteness is checked for all of them, model fields too
+    for name, value in [*asdict(cfg).items(), *model_cfg.to_dict().items()]:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{name.replace('_', '-')} {value!r} must be a finite number")
     checks = [
         ("lr", cfg.lr > 0, "must be > 0"),
         ("min_lr_ratio", 0 <= cfg.min_lr_ratio <= 1, "must be in [0, 1]"),  # before the min_lr it sets
@@ -327,36 +342,67 @@ class Resume:
 
 def open_run_dir(cfg: TrainConfig, model_cfg: LlamaConfig, data_dir: Path, corpus: Corpus, world: int,
                  master: bool, log) -> tuple[RunDir, Resume]:
-    """Lock the run directory (rank 0), load its newest good checkpoint and check that this run may
-    continue it; write config.json and cut metrics.jsonl back to the checkpoint's step."""
+    """Lock the run directory (rank 0; a non-empty directory that is not a grokcopy run is refused
+    before anything in it is touched), load its newest good checkpoint and check that this run may
+    continue it, on the same corpus; refuse a fresh start over an earlier run's history unless
+    --restart; write config.json and cut metrics.jsonl back to the checkpoint's step."""
     run = RunDir(cfg.out or f"runs/{cfg.preset}")
-    if master:  # held until this process ends; a second trainer on the same --out stops here
-        try:
+    try:
+        if master:  # held until this process ends; a second trainer on the same --out stops here
             run.lock()
-        except RunDirInUse as e:
-            raise ConfigError(f"--out {e}: wait for it to finish or choose another --out") from None
-        except NotARunError as e:
-            raise ConfigError(f"--out {e}") from None
-    resume = Resume(None)
-    if run.checkpoints():
+        else:
+            run.check_owned()
+    except RunDirInUse as e:
+        raise ConfigError(f"--out {e}: wait for it to finish or choose another --out") from None
+    except NotARunError as e:
+        raise ConfigError(f"--out {e}") from None
+    run.corpus = corpus_identity(corpus)  # stamped into every checkpoint (RunDir.save_checkpoint)
+    resume, checkpoints = Resume(None), run.checkpoints()
+    if checkpoints and cfg.restart:
+        raise ConfigError(f"--restart: --out {run.path} has checkpoints (the newest {checkpoints[-1].path.name}), so "
+                          "this command resumes it; grokcopy never deletes a checkpoint to start over: choose "
+                          "another --out, or move checkpoints/ away yourself")
+    if checkpoints:
         try:
             state, checkpoint = run.load_state(warn=log)
         except CheckpointError as e:
             raise ConfigError(f"--out {run.path}: {e}; move the damaged files away to start afresh") from None
         resume = Resume(state, state["step"], state.get("tokens", state["step"] * tokens_per_step(cfg, world)))
-        check_resume(cfg, model_cfg, state, world, run)
+        check_resume(cfg, model_cfg, state, world, run, log)
+    elif run.history() and not cfg.restart:
+        raise ConfigError(f"--out {run.path} holds an earlier run ({', '.join(run.history())}) but no checkpoint to "
+                          "resume from; pass --restart to start it over (its records are dropped, lines of yours in "
+                          "metrics.jsonl kept), or choose another --out")
     if master:
-        history = run.read_config().get("recipe_changes", []) if run.config_path.is_file() else []
+        if resume.state is None:
+            run.clear_history()  # --restart, or nothing there: a fresh run's files start empty
+        history = run.read_config().get("recipe_changes", []) if resume.state and run.config_path.is_file() else []
         changes = recipe_changes(resume.state["config"], cfg) if resume.state else {}
+        old_corpus = recorded_corpus(resume.state, run) if resume.state else None
+        if old_corpus and old_corpus["sha256"] != run.corpus["sha256"]:
+            changes["corpus"] = [old_corpus["sha256"], run.corpus["sha256"]]
         if changes:
             history = [*history, {"step": resume.step, "changes": changes}]
         run.write_config({**asdict(cfg), "model": model_cfg.to_dict(), "data_dir": str(data_dir),
-                          "world_size": world, "data_meta": corpus.meta, "recipe_changes": history})
-        run.truncate_metrics(resume.step)  # drops what was logged after the checkpoint (and a cut line)
+                          "world_size": world, "data_meta": corpus.meta, "corpus": run.corpus,
+                          "recipe_changes": history})
+        run.truncate_metrics(resume.step)  # drops grokcopy's records after the checkpoint (and a cut one)
     return run, resume
 
 
-def check_resume(cfg: TrainConfig, model_cfg: LlamaConfig, state: dict, world: int, run: RunDir) -> None:
+def recorded_corpus(state: dict, run: RunDir) -> dict | None:
+    """The identity of the corpus a checkpoint trained on: stamped in it, or for a checkpoint from
+    before the stamp, what config.json recorded (its corpus, or the shard list of its data_meta)."""
+    if state.get("corpus"):
+        return state["corpus"]
+    try:
+        config = run.read_config()
+    except NotARunError:
+        return None
+    return config.get("corpus") or meta_identity(config.get("data_meta", {}))
+
+
+def check_resume(cfg: TrainConfig, model_cfg: LlamaConfig, state: dict, world: int, run: RunDir, log) -> None:
     theirs, ours = model_shape(state["model_config"]), model_shape(model_cfg.to_dict())
     if theirs != ours:
         listed = ", ".join(f"{k} {theirs[k]!r} -> {ours[k]!r}" for k in theirs if theirs[k] != ours[k])
@@ -372,6 +418,14 @@ def check_resume(cfg: TrainConfig, model_cfg: LlamaConfig, state: dict, world: i
         listed = ", ".join(f"--{k.replace('_', '-')} {old!r} -> {new!r}" for k, (old, new) in changes.items())
         raise ConfigError(f"--out {run.path} was trained with another recipe ({listed}); pass the same values, "
                           "or --change-recipe to continue with these (recorded in config.json)")
+    old = recorded_corpus(state, run)
+    if old is None:
+        log(f"note: {run.path} does not record which corpus it trained on (an older grokcopy): the data cannot be "
+            "checked against it this time; from now on it is recorded")
+    elif old["sha256"] != run.corpus["sha256"] and not cfg.change_recipe:
+        raise ConfigError(f"--data {cfg.data or '(the default corpus)'} is not the corpus {run.path} trained on "
+                          f"({identity_changes(old, run.corpus)} differ: re-prepared or replaced); pass the corpus "
+                          "the run trained on, or --change-recipe to continue on this one (recorded in config.json)")
 
 
 def tokens_per_step(cfg: TrainConfig, world: int) -> int:
@@ -755,11 +809,47 @@ class Throughput:
         self.last = time.time()
 
 
-def diverged(run: RunDir, what: str, step: int, log) -> int:
+class LossWatch:
+    """Whether a step's numbers can still train. Uniform guessing scores ln(vocab_size): a fresh
+    model starts there and a training run stays below it. Non-finite numbers stop the run; a loss
+    above STOP x ln(vocab_size) stops it too (the model then gives the right token a probability of
+    vocab_size^-10 on average: confidently wrong everywhere); above WARN x ln(vocab_size) it warns
+    once. Measured (2026-11-27, 60 steps, --warmup-steps 0): tiny at --lr 10 jumps to 2154 = 311 x
+    ln(1024) at step 2 and is still at 178 at step 60; the test model (d32, vocab 257) spikes to
+    23.4 = 4.2 x ln(257) at --lr 1 and recovers to 3.0, its loss at --lr 3e-3 being 3.1: a spike a
+    run survives warns, it does not stop."""
+
+    STOP, WARN = 10.0, 3.0
+
+    def __init__(self, vocab_size: int, warn):
+        self.uniform, self.warn, self.warned = math.log(vocab_size), warn, False
+
+    def check(self, res: StepResult) -> str | None:
+        """Why the run must stop after this step, or None."""
+        if not math.isfinite(res.loss):
+            return f"loss is {res.loss}"
+        if not math.isfinite(res.grad_norm):
+            return f"gradient norm is {res.grad_norm}"
+        if res.loss > self.STOP * self.uniform:
+            return (f"loss is {res.loss:.4g}, over {self.STOP:g} x ln(vocab_size) = {self.STOP * self.uniform:.4g} "
+                    f"(uniform guessing scores {self.uniform:.3g}): the run has diverged")
+        if res.loss > self.WARN * self.uniform and not self.warned:
+            self.warned = True
+            self.warn(f"warning: loss is {res.loss:.4g}, over {self.WARN:g} x ln(vocab_size) = "
+                      f"{self.WARN * self.uniform:.4g} (uniform guessing scores {self.uniform:.3g}): the LR may be "
+                      f"too high; the run stops if it passes {self.STOP * self.uniform:.4g}")
+        return None
+
+
+class Diverged(RuntimeError):
+    """Training cannot go on (a non-finite or exploding loss): a runtime error, exit status 1."""
+
+
+def diverged(run: RunDir, what: str, step: int, log) -> NoReturn:
+    """Stop the run: raises Diverged, which main() prints as one `error:` line on stderr (exit 1)."""
     last = run.checkpoints()
-    log(f"error: {what} at step {step}; stopping. The last good checkpoint is "
-        f"{last[-1].path if last else '(none yet)'}; lower --lr or check the data.")
-    return 3
+    raise Diverged(f"{what} at step {step}; stopping. The last good checkpoint is "
+                   f"{last[-1].path if last else '(none yet)'}; lower --lr or check the data")
 
 
 def finish(run: RunDir, model, cfg: TrainConfig, step: int, world: int, master: bool, wall_s: float, log) -> int:
@@ -805,6 +895,7 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
     save = lambda: save_checkpoint(run, model, optimizer, sampler, cfg, model_cfg, step, tokens, world, master)  # noqa: E731
     stop, progress, clock = StopSignal(), Progress(cfg, step, master), Throughput()
     noise = noise_scale_meter(cfg, world)
+    watch = LossWatch(model_cfg.vocab_size, log)
 
     model.train()
     pending: list[StepResult] = []  # steps whose numbers are still on the device
@@ -818,10 +909,8 @@ def train(cfg: TrainConfig, model_cfg: LlamaConfig, device, rank: int, world: in
             progress.update(None, None)
             continue
         read_steps(pending)  # one host sync for every step since the last read
-        first = next((i for i, r in enumerate(pending) if not r.finite), None)
-        if first is not None:  # its update (and any later bad one) was skipped: the parameters are clean
-            bad = pending[first]
-            what = f"loss is {bad.loss}" if not math.isfinite(bad.loss) else f"gradient norm is {bad.grad_norm}"
+        first, what = next(((i, why) for i, r in enumerate(pending) if (why := watch.check(r))), (None, None))
+        if first is not None:  # a non-finite update (and any later one) was skipped: the parameters are clean
             return diverged(run, what, step - len(pending) + first + 1, log)
         if noise is not None:
             for r in pending:
@@ -890,7 +979,7 @@ def main(argv: list[str] | None = None) -> int:
         if master:
             print(f"error: {e}", file=sys.stderr)
         return 2
-    except DataError as e:  # a damaged shard: one line, exit 1
+    except (DataError, Diverged) as e:  # a damaged shard, a run that diverged: one line, exit 1
         if master:
             print(f"error: {e}", file=sys.stderr)
         return 1

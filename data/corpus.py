@@ -3,12 +3,14 @@ of meta.json against the shard headers, and which files in it grokcopy wrote.
 
     corpus = open_corpus(DIR)          # Corpus(meta, train, val), or a CorpusError naming the file
     meta, train_data, val_data = open_corpus(DIR)
+    corpus_identity(corpus)            # what a run trains on, by content (recorded in the run)
 
 The directory layout and meta.json's fields are specified in data/FORMAT.md.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -178,6 +180,50 @@ def open_corpus(corpus_dir: str | os.PathLike, *, require_val: bool = True) -> C
             raise CorpusError(f"{path}: checksum mismatch with {meta_path}: the tokenizer file was damaged "
                               f"or replaced; {redo}")
     return Corpus(meta, datasets["train"], datasets["val"])
+
+
+# ---------------------------------------------------------------------------------------------
+# The corpus's identity: what a run records it trained on
+
+
+def _identity(vocab_size: int, tokenizer: dict, splits: dict[str, dict[str, str]]) -> dict:
+    body = {"vocab_size": vocab_size, "tokenizer": {k: tokenizer.get(k) for k in ("kind", "eot_id", "crc32")},
+            "splits": splits}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return {"sha256": hashlib.sha256(canonical.encode()).hexdigest(), **body}
+
+
+def corpus_identity(corpus: Corpus) -> dict:
+    """The corpus by content: each split's shard files with their header CRC32 (which covers the whole
+    file through the index and frame CRCs, data/FORMAT.md), the tokenizer's CRC32 and the vocab size,
+    and a SHA-256 over all of it. Equal identities: the same tokens in the same order, wherever the
+    directory is; re-preparing a path from other text changes it."""
+    splits = {split: {s.path.name: f"{s.header_crc:08x}" for s in ds.shards} if ds is not None else {}
+              for split, ds in (("train", corpus.train), ("val", corpus.val))}
+    return _identity(corpus.meta["vocab_size"], corpus.meta["tokenizer"], splits)
+
+
+def meta_identity(meta: dict) -> dict | None:
+    """corpus_identity from a meta.json alone (a run's recorded data_meta), or None when it predates
+    the shard list in meta.json. open_corpus checks the list against the shards, so for a corpus that
+    opens, the two agree."""
+    splits = meta.get("splits", {})
+    if not all(isinstance(splits.get(s), dict) and "shards" in splits[s] for s in SPLITS):
+        return None
+    return _identity(meta["vocab_size"], meta["tokenizer"], {s: splits[s]["shards"] for s in SPLITS})
+
+
+def identity_changes(old: dict, new: dict) -> str:
+    """What differs between two corpus identities, in a few words naming the files."""
+    changed = []
+    for split in SPLITS:
+        a, b = old["splits"].get(split, {}), new["splits"].get(split, {})
+        changed += [f"{split}/{n}" for n in sorted(set(a) | set(b)) if a.get(n) != b.get(n)]
+    if old["tokenizer"] != new["tokenizer"]:
+        changed.append(TOKENIZER_FILE)
+    if old["vocab_size"] != new["vocab_size"]:
+        changed.append(f"vocab_size {old['vocab_size']} -> {new['vocab_size']}")
+    return _listed_names(changed) if changed else "the corpus identity"
 
 
 def _listed_names(names: list[str], at_most: int = 5) -> str:

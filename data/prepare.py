@@ -6,7 +6,9 @@
 Inputs are text files of any extension, directories (searched recursively), JSON lines
 (`.jsonl`, `.jsonl.gz`, `.jsonl.zst`, `.json.gz`, `.json.zst`) and parquet files whose documents are
 the field `--text-field` (default `text`); text files may be `.gz` or `.zst` too (data/sources.py).
-Files that look binary are skipped and named. Each file, JSON line or parquet row is one document;
+Files that look binary are skipped and named, and so is every grokcopy output inside the inputs (the
+--out directory itself, a corpus, a run, an HF export): prepare never reads its own output. Each file,
+JSON line or parquet row is one document;
 documents are joined with an end-of-text token. A seeded, deterministic `--val-fraction` of
 documents goes to the `val` split. The output directory holds `train/` and `val/` shard
 directories, `meta.json` and, for BPE, `tokenizer.json`.
@@ -69,6 +71,7 @@ from grokcopy.data.sources import (
     count_documents,
     iter_pieces,
 )
+from grokcopy.ownership import is_inside
 
 __all__ = [
     "PrepareError", "Sources", "Tokenizer", "build_parser", "bytes_tokenizer", "collect_sources", "default_corpus",
@@ -417,6 +420,9 @@ def _prepare_locked(sources: Sources, out_dir: Path, *, tokenizer: Tokenizer | N
         raise PrepareError("choose a tokenizer: --tokenizer FILE, --vocab-size N or --bytes")
     _check_out_dir(out_dir, overwrite)
     _remove_stale_builds(out_dir)
+    if sources.excluded:
+        warn(f"skipped {len(sources.excluded)} directories inside the inputs that grokcopy wrote, not read as text: "
+             + _listed([f"{folder} ({why})" for folder, why in sources.excluded]))
     if sources.skipped:
         warn(f"skipped {len(sources.skipped)} files that look binary (a NUL byte in the first 8 KiB): "
              f"{_listed(sources.skipped)}")
@@ -706,7 +712,12 @@ def _run(args: argparse.Namespace) -> dict:
     if args.default:
         sources, description = default_sources(), default_description()
     else:
-        sources = collect_sources(args.input)
+        out = Path(args.out).resolve()
+        for path in args.input:
+            if is_inside(Path(path), out):
+                raise PrepareError(f"--input {path} is the --out directory {args.out} or inside it: prepare never "
+                                   "reads the corpus it writes; choose another --out")
+        sources = collect_sources(args.input, exclude=[out])
         description = ", ".join(args.input)
     return prepare(
         sources, args.out, tokenizer=tokenizer, bpe_vocab_size=args.vocab_size or DEFAULT_VOCAB_SIZE,

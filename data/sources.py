@@ -9,7 +9,9 @@ Inputs are files and directories (searched recursively, in sorted order), in thr
   read one row batch of one row group at a time, never the whole file.
 
 Text that looks binary (a NUL byte in its first 8 KiB, after decompression) is skipped, whether it
-was found in a directory or named directly, and the skipped files are reported by name.
+was found in a directory or named directly, and the skipped files are reported by name. So is every
+grokcopy output inside the inputs (a corpus, a run, an HF export, recognised by grokcopy/ownership.py)
+and the directory being written (`exclude`, prepare's --out): a corpus is never read back as text.
 
 No document is held whole: each one arrives as pieces (`iter_pieces`) of at most `piece_chars`
 characters, so a 47 MB one-line document costs what a 64 KiB one does. A text piece is cut only
@@ -37,6 +39,7 @@ from typing import BinaryIO
 import zstandard
 
 from grokcopy.data.errors import PrepareError
+from grokcopy.ownership import KIND_NAMES, output_kind
 
 BLOCK_BYTES = 1 << 20  # bytes read from a file at a time
 PIECE_CHARS = 1 << 16  # longest piece of text handed to a tokenizer at once
@@ -144,20 +147,48 @@ def looks_binary(path: Path) -> bool:
 
 @dataclass
 class Sources:
-    """The input files, expanded and sorted, and the files skipped on the way (binary)."""
+    """The input files, expanded and sorted, and what was skipped on the way: binary files, and
+    directories that are grokcopy's own outputs (with why)."""
 
     files: list[Path] = field(default_factory=list)
     skipped_binary: int = 0
     skipped: list[Path] = field(default_factory=list)
+    excluded: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def collect_sources(paths: list[str | os.PathLike], pattern: str = "*") -> Sources:
+def _excluded_dir(folder: Path, exclude: list[Path]) -> str | None:
+    """Why the directory `folder` is not read as input, or None."""
+    resolved = folder.resolve()
+    if any(resolved == e for e in exclude):
+        return "the output directory"
+    kind = output_kind(folder)
+    return KIND_NAMES[kind] if kind else None
+
+
+def collect_sources(paths: list[str | os.PathLike], pattern: str = "*",
+                    exclude: list[str | os.PathLike] = ()) -> Sources:
     """Expand files and directories (recursively, sorted) into the list of input files.
 
     Text files that look binary are skipped, and listed in `skipped`, both when a directory scan
-    finds them and when they are named directly. A missing path is a PrepareError.
+    finds them and when they are named directly. Directories in `exclude` and grokcopy outputs (a
+    corpus, a run, an export) are not read, wherever they are among the inputs, and are listed in
+    `excluded`. A missing path is a PrepareError.
     """
     sources = Sources()
+    exclude = [Path(e).resolve() for e in exclude]
+    why: dict[Path, str | None] = {}  # directory -> why it is excluded (None: it is read), cached
+
+    def excluded_by(f: Path, top: Path | None) -> Path | None:
+        """The excluded directory `f` lies in (searched from `top`, or from the root for a named file)."""
+        folders = [a for a in f.parents if top is None or a == top or top in a.parents][::-1]
+        for folder in folders:
+            if folder not in why:
+                why[folder] = _excluded_dir(folder, exclude)
+                if why[folder]:
+                    sources.excluded.append((folder, why[folder]))
+            if why[folder]:
+                return folder
+        return None
 
     def take(f: Path) -> None:
         if is_jsonl(f) or is_parquet(f) or not looks_binary(f):
@@ -169,9 +200,11 @@ def collect_sources(paths: list[str | os.PathLike], pattern: str = "*") -> Sourc
     for p in map(Path, paths):
         if p.is_dir():
             for f in sorted(q for q in p.rglob(pattern) if q.is_file()):
-                take(f)
+                if excluded_by(f, p) is None:
+                    take(f)
         elif p.is_file():
-            take(p)
+            if excluded_by(p.absolute(), None) is None:
+                take(p)
         else:
             raise PrepareError(f"--input {p}: no such file or directory")
     return sources

@@ -27,7 +27,7 @@ from grokcopy.evals import metric_keys as mk
 from grokcopy.evals.onsets import INDUCTION_THRESHOLD, induction_onset_steps
 from grokcopy.model.config import LlamaConfig
 from grokcopy.model.llama import Llama
-from grokcopy.model.run_dir import CheckpointError, NotARunError, RunDir
+from grokcopy.model.run_dir import CheckpointError, NotARunError, RunDir, verify_checkpoint
 
 COPY_ACC_MILESTONE = 0.5
 RECIPE_FIELDS = ("lr", "schedule", "warmup_steps", "weight_decay", "batch_size", "seq_len", "grad_accum", "max_steps")
@@ -55,13 +55,13 @@ def count_parameters(model_config: dict) -> int:
         return Llama(LlamaConfig.from_dict(model_config)).num_parameters()
 
 
-def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTION_THRESHOLD,
-                verify: bool = True) -> dict:
+def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTION_THRESHOLD) -> dict:
     """Everything the report shows, as a JSON-ready dict. Raises NotARunError.
 
     The model shape and recipe come from the newest checkpoint that verifies when there is one (it is
-    what a resume continues; config.json may have been edited since), else from config.json.
-    `verify` checks every checkpoint's checksum (reads each file once)."""
+    what a resume continues; config.json may have been edited since), else from config.json. Every
+    checkpoint is verified against the checksum it carries (run_dir.verify_checkpoint, the check
+    every reader makes), so a damaged or unverifiable one is listed with its problem."""
     run = RunDir(run_dir)
     run_dir = run.path
     config = run.read_config()
@@ -79,8 +79,7 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTI
         try:
             size = c.path.stat().st_size
             problem = None
-            if verify:
-                run.verify(c.path)
+            verify_checkpoint(c.path)
         except FileNotFoundError:  # rotated away by the running trainer since we listed it
             continue
         except CheckpointError as e:
@@ -91,7 +90,7 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTI
     # what a resume would continue: the newest good checkpoint's own config, not an edited config.json
     source, edited = "config.json", []
     if good:
-        saved, saved_model = run.checkpoint_configs(Path(good[-1]["path"]))
+        saved, saved_model = run.checkpoint_configs(Path(good[-1]["path"]))  # verified again: one path
         edited = sorted([k for k in saved if k in config and config[k] != saved[k] and k != "out"]
                         + [f"model.{k}" for k in saved_model if config["model"].get(k) != saved_model[k]])
         config = {**config, **saved, "model": saved_model}
@@ -141,7 +140,6 @@ def inspect_run(run_dir: str | os.PathLike, induction_threshold: float = INDUCTI
         mk.INDUCTION: induction,
         "checkpoints": checkpoints,
         "resumable": bool(good),  # config.json is there, or we would not have got here
-        "checksums": run.has_checksums(),
         "finished": final is not None,
         "final_step": final[mk.STEP] if final else None,
         "tensorboard": (run_dir / "tb").is_dir(),
@@ -176,7 +174,8 @@ def format_report(r: dict) -> str:
         + (f"; metrics.jsonl last written {_duration(p['last_write_s_ago'])} ago"
            if p["last_write_s_ago"] is not None else "; no metrics.jsonl yet")
         + ("; the last line of metrics.jsonl is cut (a write a stop interrupted)" if p["last_line_cut"] else "")
-        + (f"; DAMAGED lines of metrics.jsonl: {p['damaged_lines'][:10]}" if p["damaged_lines"] else ""),
+        + (f"; lines of metrics.jsonl that are not grokcopy records (DAMAGED, or added by hand): "
+           f"{p['damaged_lines'][:10]}" if p["damaged_lines"] else ""),
     ]
     if r["config_json_differs"]:
         lines.append(f"config    from the {r['config_source']}; config.json says otherwise for "
@@ -204,8 +203,7 @@ def format_report(r: dict) -> str:
                       for c in r["checkpoints"]) or "none"
     good = [c for c in r["checkpoints"] if c["problem"] is None]
     lines.append(f"checkpoints {ckpts}; resumable: "
-                 + (f"yes, from step {good[-1][mk.STEP]:,}" if r["resumable"] else "no")
-                 + ("" if r["checksums"] or not r["checkpoints"] else " (no checksums: written by an older grokcopy)"))
+                 + (f"yes, from step {good[-1][mk.STEP]:,}" if r["resumable"] else "no"))
     lines += [f"          {c['problem']}" for c in r["checkpoints"] if c["problem"]]
     if r["finished"]:
         lines.append(f"finished  yes, at step {r['final_step']:,} (final.json)")

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 
 class UsageError(ValueError):
@@ -23,11 +25,30 @@ class UsageError(ValueError):
 USAGE_ERRORS = ("ConfigError", "NotARunError", "PrepareError", "UsageError")
 
 
+def disk_of(path: str | os.PathLike) -> str:
+    """The file system holding `path`, in words: its mount point and free space ("" if unknown)."""
+    try:
+        folder = Path(os.path.abspath(path))
+        while not folder.exists():
+            folder = folder.parent
+        mount = folder
+        while not os.path.ismount(mount):
+            mount = mount.parent
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return ""
+    return f"the file system mounted at {mount} has {free / 2**20:,.1f} MiB free"
+
+
 def describe(error: BaseException) -> str:
-    """One line for an exception: its message, with the OS's words and the file for OS errors."""
+    """One line for an exception: its message, with the OS's words and the file for OS errors (and,
+    for a full disk, which disk)."""
     if isinstance(error, OSError) and error.errno is not None:
         where = f"{error.filename}: " if error.filename else ""
-        hint = {errno.ENOSPC: " (the disk is full: free space, or point --out / --data elsewhere)",
+        disk = disk_of(error.filename) if error.filename and error.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        disk = f": {disk}" if disk else ""
+        hint = {errno.ENOSPC: f" (the disk is full{disk}; free space, or point --out / --data elsewhere)",
+                errno.EDQUOT: f" (your disk quota is used up{disk}; free space, or write elsewhere)",
                 errno.EROFS: " (a read-only file system: choose a writable location)",
                 errno.EACCES: " (permission denied: choose a location you can write)"}.get(error.errno, "")
         return f"{where}{os.strerror(error.errno)}{hint}"

@@ -153,6 +153,7 @@ class TrainConfig:
     wandb: bool = False  # log the same records to Weights & Biases (the `wandb` extra)
     wandb_project: str = "grokcopy"
     change_recipe: bool = False  # on resume: accept recipe fields that differ from the checkpoint's
+    restart: bool = False  # start over in an --out that holds a run's history but no checkpoint
 
 
 def field_types(cls) -> dict[str, object]:

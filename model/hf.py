@@ -1,7 +1,7 @@
 """Hugging Face interop: export a run as a `LlamaForCausalLM` directory (`SmolLM3ForCausalLM` when
 some layers attend without RoPE, see LlamaConfig.nope_every), load any HF Llama or SmolLM3.
 
-    python -m grokcopy.model.hf export RUN_DIR_OR_CHECKPOINT OUT_DIR [--dtype fp32|bf16]
+    python -m grokcopy.model.hf export RUN_DIR_OR_CHECKPOINT OUT_DIR [--dtype fp32|bf16] [--overwrite]
 
 The export holds config.json, model.safetensors and generation_config.json, which
 `transformers.AutoModelForCausalLM.from_pretrained(OUT_DIR)` opens as a LlamaForCausalLM (or
@@ -37,6 +37,15 @@ from grokcopy.data.prepare import EOT_TOKEN
 from grokcopy.model.config import LlamaConfig
 from grokcopy.model.llama import Llama
 from grokcopy.model.run_dir import load_checkpoint, resolve_checkpoint
+from grokcopy.ownership import (
+    EXPORT_MARKER,
+    describe_contents,
+    is_inside,
+    listed,
+    output_kind,
+    read_marker,
+    write_marker,
+)
 
 if TYPE_CHECKING:
     import tokenizers
@@ -307,32 +316,75 @@ def export_hf(source: str | os.PathLike, out_dir: str | os.PathLike, dtype: str 
     """Write a run's newest good checkpoint (or a given checkpoint file, checksum-verified) as an HF
     LlamaForCausalLM directory, with the run's tokenizer when it can be found. Returns out_dir.
 
-    An existing non-empty out_dir is refused unless `overwrite`; then it is replaced whole, never
-    merged (a stale tokenizer.json beside a new model would load the wrong vocabulary): the export is
-    written beside it and swapped in, and only then is the old one removed."""
+    out_dir must be new or empty, or, with `overwrite`, an earlier export: a directory grokcopy
+    marked as one (.grokcopy-export, which lists the files the export wrote) holding nothing else.
+    A run, a corpus, the source itself or anyone's other files are never replaced, with or without
+    `overwrite`, and nothing in them is touched. The replacement is whole, never merged (a stale
+    tokenizer.json beside a new model would load the wrong vocabulary): the export is written beside
+    out_dir and swapped in, and only then are the old export's listed files deleted."""
     transformers = _require("transformers")
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: choose from {sorted(DTYPES)}")
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UsageError(f"{out_dir} is a file; choose a directory to export to")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise UsageError(f"{out_dir} is not empty; choose a new directory, or pass --overwrite to replace it whole")
+    _check_export_target(Path(source), out_dir, overwrite)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
         _write_export(source, staging, dtype, transformers)
+        write_marker(staging, "export", files=sorted(p.name for p in staging.iterdir()), source=str(source))
         if out_dir.exists():
             old = out_dir.parent / f".{out_dir.name}.old-{os.getpid()}"
             os.rename(out_dir, old)
             os.rename(staging, out_dir)
-            shutil.rmtree(old)
+            _remove_export(old)
         else:
             os.rename(staging, out_dir)
     finally:
         if staging.exists():
-            shutil.rmtree(staging)
+            shutil.rmtree(staging)  # our own mkdtemp directory, holding only what _write_export wrote
     return out_dir
+
+
+def _export_files(out_dir: Path) -> set[str]:
+    """The names an earlier export in out_dir wrote (its marker's list, and the marker)."""
+    listed = read_marker(out_dir, "export").get("files", [])
+    return {EXPORT_MARKER, *(name for name in listed if isinstance(name, str) and "/" not in name)}
+
+
+def _check_export_target(source: Path, out_dir: Path, overwrite: bool) -> None:
+    """Raise UsageError unless export may write out_dir (see export_hf). Touches nothing."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UsageError(f"{out_dir} is a file; choose a directory to export to")
+    if is_inside(source, out_dir):
+        raise UsageError(f"{out_dir} holds the source {source}: an export never replaces its own input; choose "
+                         "another directory")
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    if output_kind(out_dir) != "export":
+        raise UsageError(f"{out_dir} is not empty and not an earlier export: it is {describe_contents(out_dir)}; "
+                         "export replaces only a directory it wrote itself (with --overwrite), so nothing was "
+                         "touched: choose a new or empty directory")
+    if not overwrite:
+        raise UsageError(f"{out_dir} holds an earlier export; choose a new directory, or pass --overwrite to "
+                         "replace it whole")
+    foreign = sorted(p.name for p in out_dir.iterdir() if p.name not in _export_files(out_dir))
+    if foreign:
+        raise UsageError(f"{out_dir} holds an earlier export and files it did not write ({listed(foreign)}); "
+                         "--overwrite replaces only an export's own files: move those away, or choose another "
+                         "directory")
+
+
+def _remove_export(old: Path) -> None:
+    """Delete the files an export wrote in `old`, then `old` if that empties it; anything else stays."""
+    for name in _export_files(old):
+        path = old / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+    left = sorted(p.name for p in old.iterdir())
+    if left:
+        print(f"warning: left {old} in place: it holds {listed(left)}, which export did not write", file=sys.stderr)
+    else:
+        old.rmdir()
 
 
 def _write_export(source: str | os.PathLike, out_dir: Path, dtype: str, transformers) -> None:
@@ -371,7 +423,9 @@ def main(argv: list[str] | None = None) -> int:
     export.add_argument("source", help="a run directory (its latest checkpoint) or a checkpoint file")
     export.add_argument("out_dir", help="the directory to write")
     export.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="weight dtype (default fp32)")
-    export.add_argument("--overwrite", action="store_true", help="replace a non-empty out_dir whole")
+    export.add_argument("--overwrite", action="store_true",
+                        help="replace an earlier export in out_dir whole (never a run, a corpus, the source, or a "
+                             "directory holding files the export did not write)")
     args = parser.parse_args(argv)
     out = export_hf(args.source, args.out_dir, args.dtype, args.overwrite)
     print(f"wrote {out}: load it with transformers.AutoModelForCausalLM.from_pretrained({str(out)!r})")

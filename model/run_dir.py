@@ -1,19 +1,28 @@
 """The run directory: the one owner of its format. train.py writes it; inspect, report, experiment,
 HF export and sampling read it, all through `RunDir`.
 
+    <run>/.grokcopy-run             the mark that grokcopy made this directory a run (grokcopy/ownership.py)
     <run>/.lock                     flock held by the training process (dropped by the kernel at exit)
-    <run>/config.json               the resolved configuration, with the recipe changes made on resume
+    <run>/config.json               the resolved configuration, the corpus identity, the recipe changes made on resume
     <run>/metrics.jsonl             one JSON object per logged step (tb/ and W&B get the same records)
     <run>/copy_cases.npz            the fixed copy-eval set
-    <run>/checkpoints/step-N.pt     model, optimizer, step, every rank's sampler and RNG state, config
-    <run>/checkpoints/SHA256SUMS    a checksum line per checkpoint (`sha256sum -c` reads it)
+    <run>/checkpoints/step-N.pt     model, optimizer, step, every rank's sampler and RNG state, config, corpus
+    <run>/checkpoints/step-N.pt.sha256   the checkpoint's own checksum (`sha256sum -c` reads it)
+    <run>/checkpoints/SHA256SUMS    a checksum line per checkpoint, for `sha256sum -c` over the folder
     <run>/final.json                written once training has finished
     <run>/curves.png, <run>/tb/, <run>/wandb/ and <run>/wandb-id (with --wandb)
 
 Every file is written atomically (temp file, fsync, rename; data/atomic.py), so a kill at any moment
-leaves the old version or the new one. A checkpoint counts only once its checksum is listed:
-loading verifies it, and a damaged latest checkpoint is reported by name and the newest good one is
-used instead (a run written before checksums existed loads unverified, with a warning).
+leaves the old version or the new one. Each checkpoint carries its own checksum: step-N.pt.sha256 is
+in place before step-N.pt is renamed into place, so no checkpoint ever exists without one, and
+deleting SHA256SUMS changes nothing. Every reader (train's resume, sample, inspect, HF export) goes
+through `verify_checkpoint`; a damaged or unverifiable file is named and skipped (the newest good one
+is used instead, said so) or refused. A checkpoint from before the sidecars (grokcopy up to
+2026-11) is verified against SHA256SUMS instead; one that neither verifies is never loaded.
+
+Ownership: `lock()` refuses a non-empty directory that is not a grokcopy run before touching
+anything in it, and temp-file cleanup deletes only the temp names of files RunDir itself writes.
+Resume cuts from metrics.jsonl only grokcopy's own records past the checkpoint, every other byte kept.
 """
 
 from __future__ import annotations
@@ -31,14 +40,25 @@ from typing import IO, Any
 import numpy as np
 import torch
 
-from grokcopy.data.atomic import write_atomically
+from grokcopy.data.atomic import atomic_file, write_atomically
 from grokcopy.evals import metric_keys as mk
+from grokcopy.ownership import MKSTEMP_PART, RUN_MARKER, describe_contents, output_kind, write_marker
 
 CHECKPOINT_RE = re.compile(r"^step-(\d+)\.pt$")
 CHECKSUMS = "SHA256SUMS"
+SIDECAR_SUFFIX = ".sha256"
 # The only non-torch objects in a checkpoint are numpy RNG states (a uint32 array): allowing these
 # keeps torch.load's weights_only safety (no arbitrary code from a pickle).
 NUMPY_RNG_GLOBALS = [np.zeros(0).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+# Every record grokcopy logs has these keys, and json.dumps starts it with the step: a line without
+# them is not grokcopy's (a user's note, a line in another encoding) and resume leaves it alone.
+RECORD_KEYS = (mk.STEP, mk.TOKENS, mk.LOSS)
+RECORD_START = b'{"' + mk.STEP.encode() + b'": '
+# The files RunDir writes atomically; only the temp files of these names are grokcopy's to delete.
+_RUN_FILES = ("config.json", "metrics.jsonl", "final.json", "copy_cases.npz", "wandb-id", RUN_MARKER)
+_CHECKPOINT_FILES = (r"step-\d+\.pt", rf"step-\d+\.pt{re.escape(SIDECAR_SUFFIX)}", CHECKSUMS)
+_RUN_TEMP = re.compile(rf"\.({'|'.join(map(re.escape, _RUN_FILES))})\.{MKSTEMP_PART}\.tmp")
+_CHECKPOINT_TEMP = re.compile(rf"\.({'|'.join(_CHECKPOINT_FILES)})\.{MKSTEMP_PART}\.tmp")
 
 
 class RunDirInUse(RuntimeError):
@@ -50,7 +70,7 @@ class NotARunError(ValueError):
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is damaged or not a grokcopy checkpoint; the message names it."""
+    """A checkpoint file is damaged, unverifiable or not a grokcopy checkpoint; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -60,15 +80,22 @@ class Checkpoint:
 
 
 class _HashingWriter:
-    """A write-only file wrapper that hashes what passes through it (torch.save writes sequentially)."""
+    """A write-only file wrapper that hashes what passes through it (torch.save writes sequentially).
+    A failed write's OSError is kept: torch.save reports it as its own RuntimeError ("unexpected pos"),
+    which names neither the file nor the cause."""
 
     def __init__(self, f: IO[bytes]):
-        self.f, self.sha256, self.bytes = f, hashlib.sha256(), 0
+        self.f, self.sha256, self.bytes, self.error = f, hashlib.sha256(), 0, None
 
     def write(self, data) -> int:
+        try:
+            written = self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
         self.sha256.update(data)
         self.bytes += len(data)
-        return self.f.write(data)
+        return written
 
     def flush(self) -> None:
         self.f.flush()
@@ -80,6 +107,63 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def sidecar_path(checkpoint: Path) -> Path:
+    """step-N.pt's own checksum file, step-N.pt.sha256, in `sha256sum` format."""
+    return checkpoint.with_name(checkpoint.name + SIDECAR_SUFFIX)
+
+
+def _read_sums(path: Path) -> dict[str, str]:
+    """{file name: sha256} of a `sha256sum` format file ({} when it is missing)."""
+    if not path.is_file():
+        return {}
+    sums = {}
+    for line in path.read_bytes().decode("utf-8", errors="replace").splitlines():
+        digest, _, name = line.partition("  ")
+        if re.fullmatch(r"[0-9a-f]{64}", digest) and name:
+            sums[name] = digest
+    return sums
+
+
+def _sums_text(sums: dict[str, str]) -> bytes:
+    return "".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items())).encode()
+
+
+def verify_checkpoint(path: str | os.PathLike) -> None:
+    """The one check every reader of a checkpoint makes: raise CheckpointError, naming the file,
+    unless its bytes match the checksum it carries (step-N.pt.sha256 beside it) or, for a
+    checkpoint written before the sidecars, its line in SHA256SUMS. A checkpoint with neither is
+    refused too: verification cannot be switched off by deleting a file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    sidecar = sidecar_path(path)
+    if sidecar.is_file():
+        listed, source = _read_sums(sidecar).get(path.name), sidecar.name
+        if listed is None:
+            raise CheckpointError(f"{path}: its checksum file {sidecar.name} is damaged (no checksum of {path.name})")
+    else:  # written before each checkpoint carried its checksum
+        listed, source = _read_sums(path.parent / CHECKSUMS).get(path.name), CHECKSUMS
+        if listed is None:
+            raise CheckpointError(
+                f"{path}: carries no checksum (no {sidecar.name}, not listed in {CHECKSUMS}): its write did not "
+                "finish, or its checksum file was deleted, so it is not loaded unverified; to vouch for it "
+                f"yourself, run `sha256sum {path.name} > {sidecar.name}` in {path.parent}")
+    if file_sha256(path) != listed:
+        raise CheckpointError(f"{path}: checksum mismatch with {source}, the file is damaged")
+
+
+def _is_record(line: bytes) -> dict | None:
+    """The grokcopy metrics record a line of metrics.jsonl holds, or None (damaged, or not grokcopy's)."""
+    try:
+        record = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(record, dict) or not all(k in record for k in RECORD_KEYS):
+        return None
+    step = record[mk.STEP]
+    return record if isinstance(step, int) and not isinstance(step, bool) else None
 
 
 class RunDir:
@@ -95,18 +179,36 @@ class RunDir:
         self.tensorboard_dir = self.path / "tb"
         self.wandb_id_path = self.path / "wandb-id"  # the W&B run a resume continues
         self.checkpoints_dir = self.path / "checkpoints"
+        # what the run trains on (data/corpus.py corpus_identity): stamped into every checkpoint saved
+        self.corpus: dict | None = None
         self._lock: IO | None = None
 
     def __repr__(self) -> str:
         return f"RunDir({str(self.path)!r})"
 
-    # --- the lock: one trainer per run directory ----------------------------------------------------
+    # --- the lock: one trainer per run directory, and only in a directory that is a run ---------------
 
-    def lock(self) -> None:
-        """Take the run directory (created if missing) for this process until it exits. Raises RunDirInUse."""
+    def check_owned(self) -> None:
+        """Raise NotARunError unless the directory is missing, empty or a grokcopy run. Touches nothing."""
         if self.path.exists() and not self.path.is_dir():
             raise NotARunError(f"{self.path} is a file, not a directory")
+        if not self.path.is_dir() or not any(self.path.iterdir()):
+            return
+        kind = output_kind(self.path)
+        if kind == "run":
+            return
+        hint = " (did you swap --data and --out?)" if kind == "corpus" else ""
+        raise NotARunError(f"{self.path} is not empty and not a grokcopy run: it is {describe_contents(self.path)}"
+                           f"{hint}; nothing in it was touched. Train into a new or empty directory")
+
+    def lock(self) -> None:
+        """Take the run directory (created and marked as a run if missing or empty) for this process
+        until it exits. Raises NotARunError for a directory grokcopy did not make a run, before
+        anything in it is touched, and RunDirInUse."""
+        self.check_owned()
         self.path.mkdir(parents=True, exist_ok=True)
+        if not (self.path / RUN_MARKER).is_file():  # before any other file: a run is never unmarked
+            write_marker(self.path, "run")
         handle = open(self.path / ".lock", "a+")
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -128,23 +230,49 @@ class RunDir:
             self._lock = None
 
     def in_use(self) -> bool:
-        """Whether some process holds the lock; a missing directory is not in use."""
-        if not (self.path / ".lock").is_file():
-            return False
-        probe = RunDir(self.path)
+        """Whether some process holds the lock; a directory without a .lock is not in use. Writes nothing."""
         try:
-            probe.lock()
-        except RunDirInUse:
-            return True
-        probe.unlock()
-        return False
+            handle = open(self.path / ".lock")
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return False
+        with handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return True
+            return False
 
     def _remove_stale_temporaries(self) -> None:
-        """A kill during an atomic write leaves its temp file (.NAME.*.tmp); under the lock no writer is
-        running, so these are grokcopy's own leftovers."""
-        for folder in (self.path, self.checkpoints_dir):
-            for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
-                tmp.unlink(missing_ok=True)
+        """A kill during an atomic write leaves its temp file (.NAME.XXXXXXXX.tmp); under the lock no
+        writer is running. Only the temp files of names RunDir writes are deleted (a user's `.notes.tmp`
+        stays), and a checkpoint's checksum left without its checkpoint (a kill between the two renames)."""
+        for folder, pattern in ((self.path, _RUN_TEMP), (self.checkpoints_dir, _CHECKPOINT_TEMP)):
+            for tmp in folder.iterdir() if folder.is_dir() else []:
+                if pattern.fullmatch(tmp.name) and tmp.is_file() and not tmp.is_symlink():
+                    tmp.unlink(missing_ok=True)
+        for sidecar in self.checkpoints_dir.glob(f"step-*.pt{SIDECAR_SUFFIX}") if self.checkpoints_dir.is_dir() else []:
+            checkpoint = sidecar.with_name(sidecar.name[: -len(SIDECAR_SUFFIX)])
+            if CHECKPOINT_RE.match(checkpoint.name) and not checkpoint.exists():
+                sidecar.unlink(missing_ok=True)
+
+    # --- history: what a run left besides its checkpoints ----------------------------------------------
+
+    def history(self) -> list[str]:
+        """What an earlier run left here (config.json, metrics records, final.json), for a refusal."""
+        found = ["config.json"] if self.config_path.is_file() else []
+        records = self.read_metrics()[0]
+        if records:
+            found.append(f"metrics.jsonl with {len(records)} records up to step {records[-1][mk.STEP]}")
+        if self.final_path.is_file():
+            found.append("final.json")
+        return found
+
+    def clear_history(self) -> None:
+        """Start over (train --restart): drop grokcopy's own records and the files a finished run
+        leaves (final.json, curves.png, copy_cases.npz, wandb-id); a user's lines in metrics.jsonl stay."""
+        self.truncate_metrics(0)
+        for path in (self.final_path, self.curves_path, self.copy_cases_path, self.wandb_id_path):
+            path.unlink(missing_ok=True)
 
     # --- config.json ----------------------------------------------------------------------------------
 
@@ -167,45 +295,47 @@ class RunDir:
 
     # --- metrics.jsonl --------------------------------------------------------------------------------
 
-    def _metrics_lines(self) -> list[tuple[str, dict | None]]:
-        """(raw line, its record or None when the line is not a metrics record), in file order."""
+    def _metrics_lines(self) -> list[tuple[bytes, dict | None]]:
+        """(raw line, its record or None when the line is not a grokcopy record), in file order;
+        blank lines left out."""
         if not self.metrics_path.is_file():
             return []
-        lines = []
-        for line in self.metrics_path.read_text(errors="replace").splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                record = None
-            ok = isinstance(record, dict) and isinstance(record.get(mk.STEP), int)
-            lines.append((line, record if ok else None))
-        return lines
+        return [(line, _is_record(line)) for line in self.metrics_path.read_bytes().split(b"\n") if line.strip()]
 
     def read_metrics(self) -> tuple[list[dict], int]:
-        """(records, unreadable lines). A line that is not a JSON object is counted, not fatal: the last
-        one may be the record a running (or killed) trainer was writing."""
+        """(records, other lines). A line that is not a grokcopy record is counted, not fatal: the last
+        one may be the record a running (or killed) trainer was writing, others a user's notes."""
         lines = self._metrics_lines()
         return [r for _, r in lines if r is not None], sum(r is None for _, r in lines)
 
     def metrics_damage(self) -> tuple[list[int], bool]:
-        """(1-based numbers of unreadable lines before the last one, whether the last line is cut):
-        a cut last line is a write a kill interrupted; an unreadable line elsewhere is damage."""
+        """(1-based numbers of lines before the last one that are not grokcopy records, whether the last
+        line is cut): a cut last line is a write a kill interrupted; another such line is damage, or a
+        line someone added."""
         lines = self._metrics_lines()
         damaged = [i + 1 for i, (_, r) in enumerate(lines[:-1]) if r is None]
         return damaged, bool(lines) and lines[-1][1] is None
 
     def truncate_metrics(self, step: int) -> None:
-        """Drop the records logged after `step` (where a resumed run continues) and a cut last line,
-        atomically: a kill during the rewrite leaves the old file, never an empty one. A damaged line
-        among the kept ones stays as it is (it is the user's record; readers count it)."""
-        lines = self._metrics_lines()
-        if lines and lines[-1][1] is None:
-            lines = lines[:-1]
-        kept = [raw for raw, r in lines if r is None or r[mk.STEP] <= step]
-        while kept and kept[-1] in {raw for raw, r in lines if r is None}:  # nothing after it was kept
-            kept.pop()
-        text = "".join(raw + "\n" for raw in kept)
-        write_atomically(self.metrics_path, lambda f: f.write(text.encode()))
+        """Drop grokcopy's records logged after `step` (where a resumed run continues) and a record a
+        kill cut short at the end; every other byte stays (a user's notes, lines in another encoding,
+        a damaged record), and the file ends with a newline so the next record starts a line. Atomic:
+        a kill during the rewrite leaves the old file, never an empty one."""
+        if not self.metrics_path.is_file():
+            return
+        data = self.metrics_path.read_bytes()
+        lines = data.split(b"\n")  # the last: the unterminated last line (b"" after a final newline)
+        kept = []
+        for i, raw in enumerate(lines):
+            record = _is_record(raw)
+            if record is not None and record[mk.STEP] > step:
+                continue
+            if i == len(lines) - 1 and (not raw or record is None and raw.startswith(RECORD_START)):
+                continue  # nothing after the last newline, or grokcopy's record cut by a kill
+            kept.append(raw)
+        text = b"".join(raw + b"\n" for raw in kept)
+        if text != data:
+            write_atomically(self.metrics_path, lambda f: f.write(text))
 
     def append_metrics(self, record: dict) -> None:
         with open(self.metrics_path, "a") as f:
@@ -225,75 +355,58 @@ class RunDir:
                 found.append(Checkpoint(int(m.group(1)), p))
         return sorted(found, key=lambda c: c.step)
 
-    def _checksums(self) -> dict[str, str]:
-        path = self.checkpoints_dir / CHECKSUMS
-        if not path.is_file():
-            return {}
-        sums = {}
-        for line in path.read_text(errors="replace").splitlines():
-            digest, _, name = line.partition("  ")
-            if re.fullmatch(r"[0-9a-f]{64}", digest) and name:
-                sums[name] = digest
-        return sums
-
-    def _write_checksums(self, sums: dict[str, str]) -> None:
-        text = "".join(f"{digest}  {name}\n" for name, digest in sorted(sums.items()))
-        write_atomically(self.checkpoints_dir / CHECKSUMS, lambda f: f.write(text.encode()))
-
     def save_checkpoint(self, state: dict, step: int, keep: int) -> Path:
-        """Write `state` as step-N.pt (atomically), list its checksum, and keep the newest `keep`."""
+        """Write `state` (stamped with the run's corpus identity) as step-N.pt with its own checksum,
+        list it in SHA256SUMS, and keep the newest `keep`. The checksum file is renamed into place
+        before the checkpoint, so a checkpoint never exists without it. A write that fails (a full
+        disk) raises OSError naming the file; the older checkpoints are untouched."""
         path = self.checkpoint_path(step)
-        digest: dict[str, str] = {}
-
-        def write(f):
+        if self.corpus is not None:
+            state = {**state, "corpus": self.corpus}
+        with atomic_file(path) as f:
             hashing = _HashingWriter(f)
-            torch.save(state, hashing)
-            digest["sha256"] = hashing.sha256.hexdigest()
-
-        write_atomically(path, write)
-        sums = self._checksums()
-        sums[path.name] = digest["sha256"]
+            try:
+                torch.save(state, hashing)
+            except Exception:
+                if hashing.error is not None:  # the OS's reason, not torch's "unexpected pos"
+                    raise hashing.error from None
+                raise
+            digest = hashing.sha256.hexdigest()
+            write_atomically(sidecar_path(path), lambda s: s.write(_sums_text({path.name: digest})))
+        sums = _read_sums(self.checkpoints_dir / CHECKSUMS)
+        sums[path.name] = digest
         old = self.checkpoints()[:-keep]
         for c in old:
             sums.pop(c.path.name, None)
-        self._write_checksums(sums)  # before the deletions: a listed file that is gone is only skipped
-        for c in old:
+        write_atomically(self.checkpoints_dir / CHECKSUMS, lambda f: f.write(_sums_text(sums)))
+        for c in old:  # the checkpoint before its checksum: a checkpoint is never left without one
             c.path.unlink(missing_ok=True)
+            sidecar_path(c.path).unlink(missing_ok=True)
         return path
 
     def verify(self, path: Path) -> None:
-        """Raise CheckpointError unless `path`'s bytes match its listed checksum. A directory with no
-        checksum list at all predates checksums: accepted (load_checkpoint warns)."""
-        sums = self._checksums()
-        if not sums and not (self.checkpoints_dir / CHECKSUMS).is_file():
-            return
-        listed = sums.get(path.name)
-        if listed is None:
-            raise CheckpointError(f"{path}: no checksum listed in {CHECKSUMS} (its write did not finish)")
-        if file_sha256(path) != listed:
-            raise CheckpointError(f"{path}: checksum mismatch, the file is damaged")
-
-    def has_checksums(self) -> bool:
-        return (self.checkpoints_dir / CHECKSUMS).is_file()
+        """verify_checkpoint(path): raise CheckpointError unless it matches the checksum it carries."""
+        verify_checkpoint(path)
 
     def load_state(self, path: Path | None = None, map_location: Any = "cpu",
-                        warn: Callable[[str], None] = lambda message: None) -> tuple[dict, Checkpoint]:
+                   warn: Callable[[str], None] = lambda message: None) -> tuple[dict, Checkpoint]:
         """Verify and load a checkpoint: `path`, or the newest one that verifies. A damaged newer one is
         reported through `warn` by name, with the one used instead. Raises CheckpointError when none
         can be loaded (FileNotFoundError when there are none)."""
         candidates = [Checkpoint(checkpoint_step(path), Path(path))] if path else self.checkpoints()[::-1]
         if not candidates:
             raise FileNotFoundError(f"{self.path}: no checkpoints/step-*.pt")
-        if not self.has_checksums():
-            warn(f"warning: {self.checkpoints_dir} has no {CHECKSUMS} (written by an older grokcopy): "
-                 "loading without verification")
         problems = []
         for c in candidates:
             try:
-                self.verify(c.path)
-                state = load_checkpoint_file(c.path, map_location)
+                verify_checkpoint(c.path)
+                state = _load_checkpoint_file(c.path, map_location)
             except CheckpointError as e:
                 problems.append(str(e))
+                if path:
+                    raise
+                continue
+            except FileNotFoundError:  # rotated away by a running trainer since it was listed
                 if path:
                     raise
                 continue
@@ -303,8 +416,9 @@ class RunDir:
         raise CheckpointError("no loadable checkpoint: " + "; ".join(problems))
 
     def checkpoint_configs(self, path: Path) -> tuple[dict, dict]:
-        """(train config, model config) stored in a checkpoint, read through a memory map: the tensors
-        stay on disk, so this is cheap for any model size. Raises CheckpointError."""
+        """(train config, model config) stored in a verified checkpoint, read through a memory map:
+        the tensors stay on disk. Raises CheckpointError."""
+        verify_checkpoint(path)
         try:
             with torch.serialization.safe_globals(NUMPY_RNG_GLOBALS):
                 state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -356,8 +470,8 @@ def checkpoint_step(path: str | os.PathLike) -> int:
     return int(m.group(1))
 
 
-def load_checkpoint_file(path: Path, map_location: Any = "cpu") -> dict:
-    """torch.load of a checkpoint (weights only), with any failure named by file."""
+def _load_checkpoint_file(path: Path, map_location: Any = "cpu") -> dict:
+    """torch.load of a checkpoint verify_checkpoint passed (weights only), any failure named by file."""
     try:
         with torch.serialization.safe_globals(NUMPY_RNG_GLOBALS):
             state = torch.load(path, map_location=map_location, weights_only=True)

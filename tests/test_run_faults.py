@@ -6,6 +6,7 @@ traceback) for a user's mistake, and nothing lost that a checkpoint had."""
 
 import errno
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -20,7 +21,7 @@ from grokcopy.cli import run_cli
 from grokcopy.evals.inspect import inspect_run
 from grokcopy.evals.inspect import main as inspect_main
 from grokcopy.model import load_checkpoint
-from grokcopy.model.run_dir import CHECKSUMS, CheckpointError, RunDir
+from grokcopy.model.run_dir import CHECKSUMS, CheckpointError, RunDir, sidecar_path
 
 BASE = [*SMALL, "--eval-every", "0", "--ckpt-every", "2", "--keep-ckpts", "3", "--no-tensorboard"]
 
@@ -95,20 +96,44 @@ def test_every_checkpoint_damaged_is_one_error_line(run6, capsys):
     assert "no loadable checkpoint" in err and "step-00000006.pt" in err and "Traceback" not in err
 
 
-def test_a_write_cut_before_its_checksum_is_not_trusted(run6, capsys):
-    """A kill between the checkpoint's rename and the checksum list's leaves an unlisted file."""
+def test_a_checkpoint_without_any_checksum_is_not_trusted(run6, capsys):
+    """Neither its own checksum nor a SHA256SUMS line: it is named and skipped, never loaded unverified."""
     run, args = run6
+    sidecar_path(run.checkpoint_path(6)).unlink()
     sums = run.checkpoints_dir / CHECKSUMS
     sums.write_text("".join(line + "\n" for line in sums.read_text().splitlines() if "step-00000006" not in line))
     code, out, err = train_cli([*args, "--max-steps", "8"], capsys)
-    assert code == 0 and "no checksum listed" in out and "from step 4" in out
+    assert code == 0 and "step-00000006.pt: carries no checksum" in out and "from step 4" in out
 
 
-def test_a_run_from_before_checksums_loads_with_a_warning(run6, capsys):
+def test_deleting_sha256sums_does_not_switch_verification_off(run6, capsys):
+    """The issue's example: with SHA256SUMS gone, a damaged checkpoint is still named and skipped by
+    every reader (train, sample's and export's load_checkpoint, inspect)."""
     run, args = run6
     (run.checkpoints_dir / CHECKSUMS).unlink()
+    flip_bit(run.checkpoint_path(6), run.checkpoint_path(6).stat().st_size // 2)
+    with pytest.raises(CheckpointError, match="step-00000006.pt: checksum mismatch"):
+        load_checkpoint(run.checkpoint_path(6))
+    assert [c["step"] for c in inspect_run(run.path)["checkpoints"] if c["problem"]] == [6]
     code, out, err = train_cli([*args, "--max-steps", "8"], capsys)
-    assert code == 0 and f"has no {CHECKSUMS}" in out and "from step 6" in out
+    assert code == 0 and "step-00000006.pt: checksum mismatch" in out and "from step 4" in out
+
+
+def test_a_checkpoint_from_before_the_sidecars_loads_when_sha256sums_verifies_it(run6, capsys):
+    """Backward compatibility: checkpoints written before each carried its checksum are verified
+    against SHA256SUMS; a damaged one is skipped, and with SHA256SUMS gone too none loads unverified."""
+    run, args = run6
+    for c in run.checkpoints():
+        sidecar_path(c.path).unlink()
+    flip_bit(run.checkpoint_path(6), 100)
+    assert load_checkpoint(run.checkpoint_path(4))[1].d_model == 32
+    code, out, err = train_cli([*args, "--max-steps", "8"], capsys)
+    assert code == 0 and f"checksum mismatch with {CHECKSUMS}" in out and "from step 4" in out
+    for c in run.checkpoints():  # the resume wrote steps 6 and 8 with their own checksums; 4 has none
+        sidecar_path(c.path).unlink(missing_ok=True)
+    (run.checkpoints_dir / CHECKSUMS).unlink()
+    code, out, err = train_cli([*args, "--max-steps", "10"], capsys)
+    assert code == 2 and "carries no checksum" in err and "sha256sum" in err
 
 
 def test_kill9_during_a_checkpoint_write_resumes_from_the_previous_one(corpus, tmp_path):
@@ -139,21 +164,46 @@ def test_kill9_during_a_checkpoint_write_resumes_from_the_previous_one(corpus, t
     assert [c.step for c in RunDir(out).checkpoints()] == [2, 4, 6]
 
 
+class FullDisk:
+    """A file whose writes fail with ENOSPC after `room` bytes, as a full disk's do."""
+
+    def __init__(self, f, room: int):
+        self.f, self.room = f, room
+
+    def write(self, data) -> int:
+        self.room -= len(data)
+        if self.room < 0:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return self.f.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return self.f.__exit__(*exc)
+
+
 def test_disk_full_during_a_checkpoint_is_one_error_line_and_keeps_the_last_one(corpus, tmp_path, capsys,
                                                                               monkeypatch):
+    """The disk fills while step 4's checkpoint is written: torch.save sees the OS error as its own
+    RuntimeError ("unexpected pos"); the error line names the file, the disk and that it is full."""
     out = tmp_path / "run"
-    from grokcopy.model import run_dir
+    from grokcopy.data import atomic
 
-    real_save = run_dir.torch.save
+    real_fdopen = atomic.os.fdopen
 
-    def save(state, f):
-        if state["step"] == 4:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_save(state, f)
+    def fdopen(fd, *args, **kwargs):
+        f = real_fdopen(fd, *args, **kwargs)
+        return FullDisk(f, 1000) if ".step-00000004.pt." in os.readlink(f"/proc/self/fd/{fd}") else f
 
-    monkeypatch.setattr(run_dir.torch, "save", save)
+    monkeypatch.setattr(atomic.os, "fdopen", fdopen)
     code, out_text, err = train_cli([*BASE, "--data", str(corpus), "--out", str(out), "--max-steps", "6"], capsys)
-    assert code == 1 and err.count("\n") == 1 and "No space left on device (the disk is full" in err
+    assert code == 1 and err.count("\n") == 1, err
+    assert f"error: {out / 'checkpoints' / 'step-00000004.pt'}: No space left on device (the disk is full: " in err
+    assert "the file system mounted at " in err and "unexpected pos" not in err
     run = RunDir(out)
     assert [c.step for c in run.checkpoints()] == [2] and not list(run.checkpoints_dir.glob(".*.tmp"))
     run.verify(run.checkpoint_path(2))
@@ -244,12 +294,20 @@ def test_out_that_is_a_file_is_one_error_line(corpus, tmp_path, capsys):
 
 
 def test_stale_temp_files_are_removed_when_a_trainer_takes_the_run(run6):
+    """Only temp files of names grokcopy writes (mkstemp's .NAME.XXXXXXXX.tmp) are deleted; a user's
+    files that merely look like temp files stay."""
     run, _ = run6
-    stale = run.checkpoints_dir / ".step-00000008.pt.abc123.tmp"
-    stale.write_bytes(b"")
+    ckpts = run.checkpoints_dir
+    stale = [ckpts / ".step-00000008.pt.abc12_3x.tmp", run.path / ".metrics.jsonl.k2j4h5g6.tmp",
+             ckpts / ".step-00000008.pt.sha256.a1b2c3d4.tmp", ckpts / "step-00000008.pt.sha256"]
+    mine = [run.path / ".notes.tmp", run.path / ".draft.md.abcdefgh.tmp", run.checkpoints_dir / ".x.tmp",
+            run.path / ".metrics.jsonl.tmp", run.checkpoints_dir / ".step-00000008.pt.my-copy.tmp"]
+    for path in stale + mine:
+        path.write_bytes(b"x")
     run.lock()
     run.unlock()
-    assert not stale.exists() and [c.step for c in run.checkpoints()] == [2, 4, 6]
+    assert not any(p.exists() for p in stale) and [c.step for c in run.checkpoints()] == [2, 4, 6]
+    assert all(p.read_bytes() == b"x" for p in mine)
 
 
 def test_hf_export_never_merges_into_an_older_export(run6, tmp_path, capsys):
@@ -258,10 +316,10 @@ def test_hf_export_never_merges_into_an_older_export(run6, tmp_path, capsys):
 
     run, _ = run6
     target = tmp_path / "hf"
-    target.mkdir()
-    (target / "tokenizer.json").write_text("{}")  # a stale file of an earlier export
+    assert run_cli(hf_main, ["export", str(run.path), str(target)]) == 0
+    (target / "tokenizer.json").write_text("{}")  # stands in for a stale file of the earlier export
     assert run_cli(hf_main, ["export", str(run.path), str(target)]) == 2
-    assert "is not empty" in capsys.readouterr().err and (target / "tokenizer.json").read_text() == "{}"
+    assert "earlier export" in capsys.readouterr().err and (target / "tokenizer.json").read_text() == "{}"
     assert run_cli(hf_main, ["export", str(run.path), str(target), "--overwrite"]) == 0
     assert (target / "model.safetensors").is_file() and (target / "tokenizer.json").read_text() != "{}"
     assert not list(tmp_path.glob(".hf.*"))  # no staging or old copy left behind
