@@ -16,7 +16,9 @@ Writes to OUT:
   B_simple against steps, each run's batch size as a dashed line of its colour;
 - report.md: a table of every run's settings, final numbers and onsets; with several seeds, the
   onsets over seeds; with several LRs or batch sizes, how well each candidate law of the onset fits
-  (evals/onset_laws.py).
+  (evals/onset_laws.py); the claims' stated tests (evals/claim_tables.py): the plateau test before
+  each surge, each batch against its run's B_noise, and, with several seeds, the surge forecasters
+  scored leave-one-seed-out.
 """
 
 from __future__ import annotations
@@ -27,9 +29,11 @@ from pathlib import Path
 
 from grokcopy.cli import run_cli
 from grokcopy.evals import metric_keys as mk
+from grokcopy.evals.claim_tables import forecast_lines, plateau_lines, regime_lines
 from grokcopy.evals.curves import plot_overlay, pyplot
 from grokcopy.evals.noise_scale import pooled_noise_scale
 from grokcopy.evals.onset_laws import OnsetConfig, law_table
+from grokcopy.evals.onset_predictor import run_series
 from grokcopy.evals.onsets import COPY_SURGE_LEVEL, INDUCTION_THRESHOLD, copy_token_gain, eval_records, run_onsets
 from grokcopy.model.run_dir import RunDir
 
@@ -298,7 +302,7 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
     """All figures and OUT/report.md for `run_dirs`; returns the markdown's path. `onset` (copy_onset
     or copy_surge) is the step the onset-vs-LR figures draw."""
     out.mkdir(parents=True, exist_ok=True)
-    runs, rows = {}, []
+    runs, rows, series = {}, [], []
     for run_dir in run_dirs:
         config, records = load_run(run_dir)
         name = run_dir.name
@@ -308,6 +312,7 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
             continue
         onsets = run_onsets(records, threshold)
         runs[name] = records
+        series.append(run_series(name, config, records))
         plot_run(records, onsets, out / f"{name}-curves.png", name)
         plot_layer_heatmaps(records, onsets["induction_onsets"], out / f"{name}-layers.png", name)
         last = evals[-1]
@@ -356,6 +361,7 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
                      f"| {_fmt(r['copy_surge'])} | {layers} |")
     lines += seed_spread(rows)
     lines += onset_law_lines(rows, onset)
+    lines += plateau_lines(series) + regime_lines(series) + forecast_lines(series)
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     for r in rows:

@@ -1,0 +1,110 @@
+"""report.md's sections for the paper's claims with a stated test (docs/REPRODUCTION.md), one per run:
+
+- claim 1, the plateau: how long before its copy surge each run's val loss was flat by
+  evals/plateau.py's test (slope within k standard errors of zero over a window of evals);
+- claim 2, the critical batch: each run's batch against its own gradient noise scale B_noise (pooled up
+  to the surge, or over the whole run without one; evals/noise_scale.py), and the regime that puts it
+  in: below B_noise McCandlish et al.'s model says the surge costs a number of tokens, above it a
+  number of steps;
+- claim 5, onset prediction: every forecaster of evals/onset_predictor.py scored leave-one-seed-out,
+  against the seed spread and the trivial median.
+
+Each function takes report.py's rows (dicts with "name", "batch", "copy_surge", ...) or RunSeries and
+returns markdown lines; an empty list when the runs cannot answer (no seeds to leave out, say).
+"""
+
+from __future__ import annotations
+
+from grokcopy.evals import metric_keys as mk
+from grokcopy.evals.noise_scale import pooled_noise_scale
+from grokcopy.evals.onset_predictor import (
+    FORECASTERS,
+    LEADS,
+    RunSeries,
+    config_seed_error,
+    leave_one_seed_out,
+    score,
+    surged,
+)
+from grokcopy.evals.plateau import PLATEAU_TEST_K, PLATEAU_TEST_WINDOW, flat_before
+
+
+def plateau_lines(runs: list[RunSeries]) -> list[str]:
+    """Claim 1: per run, the flat stretch before the surge and the slope of the last window before it."""
+    lines = ["", "## Claim 1: was the loss flat before the surge?", "",
+             f"Flat: the least-squares slope of the val loss over {PLATEAU_TEST_WINDOW} evals is within "
+             f"{PLATEAU_TEST_K:g} standard errors of zero (evals/plateau.py). Tested on the evals before the copy "
+             "surge (before the run's end without one); the slope is that of the last window, in val loss per "
+             "1,000 steps.", "",
+             "| run | copy surge | tested up to | flat for (steps before it) | first flat window ends | "
+             "slope / 1k steps (SE) |", "|---|---|---|---|---|---|"]
+    for run in runs:
+        verdict = flat_before(run.steps, [r[mk.VAL_LOSS] for r in run.evals], run.surge)
+        flat = ("too few evals" if verdict.flat_for is None
+                else "never flat" if verdict.first_flat is None
+                else f"{verdict.flat_for:,}")
+        slope = ("-" if verdict.slope_per_1k is None
+                 else f"{verdict.slope_per_1k:+.3f} ({verdict.stderr_per_1k:.3f})")
+        lines.append(f"| {run.name} | {_step(run.surge)} | {verdict.until:,} | {flat} | "
+                     f"{_step(verdict.first_flat)} | {slope} |")
+    return lines
+
+
+def regime(batch: int, b_noise: float | None) -> str:
+    """'tokens' (batch below B_noise), 'steps' (above) or 'not measurable'."""
+    if b_noise is None:
+        return "not measurable"
+    return "tokens (B < B_noise)" if batch < b_noise else "steps (B > B_noise)"
+
+
+def regime_lines(runs: list[RunSeries]) -> list[str]:
+    """Claim 2: each run's batch against its B_noise and the regime; empty when no run logged it."""
+    rows = [(run, pooled_noise_scale(run.evals, run.surge)) for run in runs]
+    if not any(mk.GRAD_SQ in r for run in runs for r in run.evals):
+        return []
+    lines = ["", "## Claim 2: which side of the critical batch each run is on", "",
+             "B_noise: B_simple pooled up to the copy surge (the whole run without one), in sequences; "
+             "'not measurable': the pooled |G|^2 or tr(Sigma) estimate is not positive.", "",
+             "| run | batch | B_noise | batch / B_noise | regime | copy surge | surge in tokens (M) |",
+             "|---|---|---|---|---|---|---|"]
+    for run, b_noise in rows:
+        ratio = "-" if b_noise is None else f"{run.batch / b_noise:.2f}"
+        tokens = "-" if run.surge is None else f"{run.surge * run.batch * run.seq_len / 1e6:.1f}"
+        lines.append(f"| {run.name} | {run.batch} | {'-' if b_noise is None else f'{b_noise:.1f}'} | {ratio} | "
+                     f"{regime(run.batch, b_noise)} | {_step(run.surge)} | {tokens} |")
+    return lines
+
+
+def forecast_lines(runs: list[RunSeries], leads: tuple[int, ...] = LEADS) -> list[str]:
+    """Claim 5: every forecaster's leave-one-seed-out error at each lead, with the yardsticks."""
+    if len({r.seed for r in runs}) < 2 or len(surged(runs)) < 3:
+        return []
+    spread, spread_n = config_seed_error(runs)
+    censored = len(runs) - len(surged(runs))
+    lead_cols = " | ".join(f"error {lead:,} steps ahead" for lead in leads)
+    lines = ["", "## Forecasting the copy surge (leave one seed out)", "",
+             f"{len(runs)} runs, {len(surged(runs))} with a surge. Each forecaster is fitted on every seed but one "
+             "and forecasts the held-out seed's runs from their records up to the last eval at least the lead "
+             "before the surge (evals/onset_predictor.py). Error: mean absolute error in steps over the surged "
+             f"runs with an eval that far ahead (how many in brackets). False alarms: of the {censored} runs "
+             "without a surge, those forecast (committed, at their last eval minus the longest lead) to surge "
+             "before their end.", "",
+             f"| forecaster | {lead_cols} | false alarms | levels chosen (per held-out seed) |",
+             "|---|" + "---|" * len(leads) + "---|---|"]
+    for make in FORECASTERS.values():
+        forecasts = leave_one_seed_out(runs, make, leads)
+        result = score(forecasts, leads)
+        errors = " | ".join("-" if result.mae[lead] is None else f"{result.mae[lead]:,.0f} ({result.scored[lead]})"
+                            for lead in leads)
+        fitted = [make().fit([r for r in runs if r.seed != seed]) for seed in sorted({r.seed for r in runs})]
+        levels = ", ".join(f"{abs(f.level):g} + {f.lag:,.0f}" if getattr(f, "level", None) is not None else "-"
+                           for f in fitted) if hasattr(fitted[0], "level") else ""
+        lines.append(f"| {make().name} | {errors} | {result.false_alarms} of {result.censored} | {levels} |")
+    lines += ["", f"Seed spread: guessing each surged run's surge as the mean of the other seeds of its own "
+              f"configuration errs by {'-' if spread is None else f'{spread:,.0f}'} steps on average "
+              f"({spread_n} runs)."]
+    return lines
+
+
+def _step(step: int | None) -> str:
+    return "-" if step is None else f"{step:,}"

@@ -1,0 +1,26 @@
+"""report.md's claim sections (evals/claim_tables.py) on synthetic runs."""
+
+from grokcopy.evals.claim_tables import forecast_lines, plateau_lines, regime, regime_lines
+from tests.test_onset_predictor import synthetic_run
+
+
+def test_regime_is_the_side_of_b_noise_the_batch_is_on():
+    assert regime(8, 40.0).startswith("tokens") and regime(64, 40.0).startswith("steps")
+    assert regime(8, None) == "not measurable"
+
+
+def test_claim_sections_one_row_per_run_and_the_forecasters_only_with_seeds():
+    runs = [synthetic_run(c + 600, crossing=c, seed=s, b_noise=b, name=f"r{s}")
+            for s, (c, b) in enumerate(((900, 40.0), (1500, 4.0), (2400, 40.0)))]
+    runs.append(synthetic_run(None, seed=0, name="never"))
+    plateau = plateau_lines(runs)
+    rows = [line for line in plateau if line.startswith(("| r0 ", "| r1 ", "| r2 ", "| never "))]
+    assert len(rows) == 4
+    # the synthetic loss falls on a straight line: never flat
+    assert all("never flat" in line or "too few" in line for line in rows)
+    regimes = regime_lines(runs)
+    assert any("| r1 | 8 | 4.0 | 2.00 | steps" in line for line in regimes)
+    assert any("| r0 | 8 | 40.0 | 0.20 | tokens" in line for line in regimes)
+    forecasts = forecast_lines(runs)
+    assert any(line.startswith("| median surge step (trivial) |") for line in forecasts)
+    assert forecast_lines([r for r in runs if r.seed == 0]) == []  # one seed: nothing to leave out
