@@ -1,10 +1,24 @@
-"""One command that makes an hour on a GPU count: `bash scripts/gpu_check.sh` runs this.
+"""One command that makes a short slot on a GPU count: `bash scripts/gpu_check.sh` runs this.
 
+    python -m bench.gpu_check --budget 420            # the short check: 4 steps within 7 minutes
     python -m bench.gpu_check                         # every step, into bench/results/<gpu>-<date>/
     python -m bench.gpu_check --steps tests train-matrix --out DIR
-    python -m bench.gpu_check --dry-run               # on any machine: every step's command line checked
+    python -m bench.gpu_check --dry-run [--budget 420]  # on any machine: every step's command line checked
 
-Steps, in order (each in its own process, under its own time limit, its output in logs/<step>.log):
+`--budget S` runs, in this order, the steps a short slot is for, and gives each a share of S seconds
+(SHARES) of what is left when it starts, so time a step leaves unused goes to the ones after it:
+    train-matrix     the headline (HEADLINE): SDPA + compile against auto (+ compile), all Triton
+                     eager and all Triton + compile, 50 steps at most, each case within its share
+                     of the step's time (random tokens unless --data holds the prepared corpus)
+    bench-kernels    RMSNorm / SwiGLU at paper-162m's shapes (65536 rows)
+    bench-attention  T 1024, D 64, causal: paper-162m's attention, and its stats overhead
+    tests            a representative native subset (BUDGET_TESTS), GROKCOPY_AUTOTUNE=0
+Every case is on disk when it ends (bench/case_log.py for the pytest steps; the train matrix
+rewrites its JSON after each case), so a step stopped by its time limit loses only the case in
+flight. Compilation and autotuning happen in each case's first step or warm-up, timed apart (the
+matrix's first_step_s, do_bench's warm-up) and never in the reported medians.
+
+Without --budget, every step below runs, each under its own time limit, its output in logs/<step>.log:
 
     tests            the kernel and model tests compiled natively on CUDA (GROKCOPY_AUTOTUNE=0: one
                      launch config per kernel, so the suite compiles in minutes instead of tuning)
@@ -42,6 +56,19 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 NATIVE_TESTS = ["tests/test_mixed_precision.py", "tests/test_model.py", "tests/test_rms_norm.py",
                 "tests/test_swiglu.py", "tests/test_flash_attention.py", "tests/test_attention_stats.py"]
+# --budget: the steps in order, each one's share of the time left when it starts
+SHARES = {"train-matrix": 0.45, "bench-kernels": 0.2, "bench-attention": 0.15, "tests": 0.2}
+HEADLINE = ["sdpa-torch-torch+compile", "auto-auto-auto+compile", "triton-triton-triton",
+            "triton-triton-triton+compile"]
+BUDGET_KERNELS = "65536"  # paper-162m's rows: 32 x 1024 tokens, rounded to the benchmark's shape
+BUDGET_ATTENTION = "T1024-D64-causal"
+# compile through Inductor first (issue 33's check), attention, the model in bf16, then the norm and
+# SwiGLU sweeps (about 200 parameter cases, the first a short slot drops; bench-kernels has timed
+# those kernels by then)
+BUDGET_TESTS = ["tests/test_compile.py", "tests/test_flash_attention.py", "tests/test_attention_stats.py",
+                "tests/test_mixed_precision.py", "tests/test_model.py", "tests/test_rms_norm.py",
+                "tests/test_swiglu.py"]
+RESERVE_S = 15  # kept back from the budget: starting Python, the summary, a stopped step's exit
 # parse_args of a module, run on the step's own arguments: what --dry-run uses for non-pytest steps
 PARSE_ONLY = {
     "train.py": "import sys, train; train.parse_args(sys.argv[1:])",
@@ -58,6 +85,34 @@ class Step:
     signal_stop: bool = False  # the time limit is the plan (SIGTERM, then the step's own clean exit)
 
 
+def case_log(out: Path, name: str, benchmarks: bool = True) -> list[str]:
+    """pytest flags that put every finished case on disk at once (bench/case_log.py)."""
+    flags = ["-p", "bench.case_log", f"--case-log={out / f'{name}-cases.jsonl'}"]
+    return [*flags, f"--case-benchmarks={out / f'{name}.json'}"] if benchmarks else flags
+
+
+def budget_plan(out: Path, data: Path, test_filter: str = "") -> list[Step]:
+    """The short check's four steps, in order; their time limits are set as each starts (allot)."""
+    py = sys.executable
+    matrix_data = str(data) if (data / "meta.json").is_file() else "random"
+    return [
+        Step("train-matrix", [py, "-m", "bench.train_matrix", "--preset", "paper-162m", "--data", matrix_data,
+                              "--steps", "50", "--combos", *HEADLINE, f"--json={out / 'train_matrix.json'}"], 0),
+        Step("bench-kernels", [py, "-m", "pytest", "bench/test_kernels.py", "-q", "-k", BUDGET_KERNELS,
+                               "-p", "no:cacheprovider", *case_log(out, "kernels")], 0),
+        Step("bench-attention", [py, "-m", "pytest", "bench/test_attention.py", "-q", "-k", BUDGET_ATTENTION,
+                                 "-p", "no:cacheprovider", *case_log(out, "attention")], 0),
+        Step("tests", [py, "-m", "pytest", *BUDGET_TESTS, *(["-k", test_filter] if test_filter else []), "-q",
+                       "-rfE", "-p", "no:cacheprovider", *case_log(out, "tests", benchmarks=False),
+                       f"--junitxml={out / 'tests.xml'}"], 0, {"GROKCOPY_AUTOTUNE": "0"}),
+    ]
+
+
+def allot(left_s: float, step: str, steps_left: list[str]) -> int:
+    """Seconds for `step` out of `left_s`: its share among the steps not yet run (itself included)."""
+    return max(1, int(left_s * SHARES[step] / sum(SHARES[s] for s in steps_left)))
+
+
 def plan(out: Path, data: Path, run_minutes: float, bench_filter: str, matrix_compile: str,
          matrix_combos: list[str] | None = None, test_filter: str = "") -> list[Step]:
     py = sys.executable
@@ -65,20 +120,19 @@ def plan(out: Path, data: Path, run_minutes: float, bench_filter: str, matrix_co
     run_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "grokcopy-gpu-check-run"
     return [
         Step("tests", [py, "-m", "pytest", *NATIVE_TESTS, *(["-k", test_filter] if test_filter else []),
-                       "-v", "-rfE", "-p", "no:cacheprovider",
+                       "-v", "-rfE", "-p", "no:cacheprovider", *case_log(out, "tests", benchmarks=False),
                        f"--junitxml={out / 'tests.xml'}"], 900, {"GROKCOPY_AUTOTUNE": "0"}),
-        Step("bench-kernels", [py, "-m", "pytest", "bench/test_kernels.py", "-q", *k,
-                               f"--benchmark-json={out / 'kernels.json'}"], 600),
+        Step("bench-kernels", [py, "-m", "pytest", "bench/test_kernels.py", "-q", *k, *case_log(out, "kernels")],
+             600),
         Step("bench-attention", [py, "-m", "pytest", "bench/test_attention.py", "-q", *k,
-                                 f"--benchmark-json={out / 'attention.json'}"], 900),
+                                 *case_log(out, "attention")], 900),
         Step("corpus", [py, "-m", "grokcopy.data.prepare", "--default", "--vocab-size", "32000", "--out", str(data),
                         "--quiet"], 300),
         Step("train-matrix", [py, "-m", "bench.train_matrix", "--preset", "paper-162m", "--data", str(data),
                               "--steps", "50", "--compile", matrix_compile,
                               *(["--combos", *matrix_combos] if matrix_combos else []),
                               f"--json={out / 'train_matrix.json'}"], 1200),
-        Step("bench-train", [py, "-m", "pytest", "bench/test_train.py", "-q",
-                             f"--benchmark-json={out / 'train.json'}"], 600),
+        Step("bench-train", [py, "-m", "pytest", "bench/test_train.py", "-q", *case_log(out, "train")], 600),
         # plain `python train.py` (rank 0 of 1): SIGTERM reaches the trainer itself, which checkpoints
         # and exits 0, where torchrun's agent would die of the signal with a traceback
         Step("run", [py, "train.py", "--preset", "paper-162m",
@@ -101,7 +155,7 @@ def dry_run_command(step: Step) -> list[str]:
     return [*cmd, "--dry-run"]
 
 
-def run_step(step: Step, out: Path, dry_run: bool) -> dict:
+def run_step(step: Step, out: Path, dry_run: bool, kill_grace_s: int = 120) -> dict:
     log_path = out / "logs" / f"{step.name}.log"
     cmd = dry_run_command(step) if dry_run else step.cmd
     env = {**os.environ, **step.env, "PYTHONUNBUFFERED": "1"}
@@ -120,7 +174,7 @@ def run_step(step: Step, out: Path, dry_run: bool) -> dict:
             timed_out = True
             os.killpg(proc.pid, 15)  # SIGTERM: train.py checkpoints and exits; pytest stops
             try:
-                rc = proc.wait(timeout=120)
+                rc = proc.wait(timeout=kill_grace_s)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, 9)
                 rc = proc.wait()
@@ -129,7 +183,7 @@ def run_step(step: Step, out: Path, dry_run: bool) -> dict:
     status = "ok" if ok else ("timed out" if timed_out else f"failed (exit {rc})")
     print(f"{step.name:<16} {status:<18} {wall:7.1f} s   {log_path}", flush=True)
     return {"step": step.name, "status": status, "wall_s": wall, "rc": rc, "timed_out": timed_out,
-            "command": " ".join(cmd)}
+            "limit_s": step.timeout_s, "command": " ".join(cmd)}
 
 
 def environment() -> dict:
@@ -186,13 +240,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test-filter", default="", help="pytest -k expression for the native tests")
     parser.add_argument("--max-step-seconds", type=int, default=0,
                         help="cap every step's time limit (for a lease shorter than the whole check)")
+    parser.add_argument("--budget", type=float, default=0,
+                        help="seconds for the whole check: the short slot's four steps, each given its share")
     parser.add_argument("--dry-run", action="store_true", help="check every step's command line; run nothing")
     args = parser.parse_args(argv)
 
+    # scripts/gpu_check.sh notes when it started: installing the wheels counts against the budget too
+    started = float(os.environ.get("GPU_CHECK_STARTED", time.time()))
     out = args.out or default_out()
     (out / "logs").mkdir(parents=True, exist_ok=True)
-    steps = plan(out, args.data, args.run_minutes, args.bench_filter, args.matrix_compile, args.matrix_combos,
-                 args.test_filter)
+    if args.budget:
+        steps = budget_plan(out, args.data, args.test_filter)
+    else:
+        steps = plan(out, args.data, args.run_minutes, args.bench_filter, args.matrix_compile, args.matrix_combos,
+                     args.test_filter)
     if args.max_step_seconds:
         for step in steps:
             step.timeout_s = min(step.timeout_s, args.max_step_seconds)
@@ -210,8 +271,15 @@ def main(argv: list[str] | None = None) -> int:
     results = previous.get("steps", {})
     if not args.dry_run:
         results["environment"] = environment()
-    for step in chosen:
-        results[step.name] = run_step(step, out, args.dry_run)
+    for i, step in enumerate(chosen):
+        grace = 120
+        if args.budget:  # this step's share of what is left; a stopped step gets 5 s to exit
+            left = started + args.budget - RESERVE_S - time.time()
+            grace = 5
+            step.timeout_s = max(1, allot(left, step.name, [s.name for s in chosen[i:]]) - grace)
+            if step.name == "train-matrix":  # its cases share the step's time (minus its start-up)
+                step.cmd.append(f"--budget-s={max(1, step.timeout_s - 20)}")
+        results[step.name] = run_step(step, out, args.dry_run, grace)
         if step.name == "run" and not args.dry_run:
             collect_run(Path(step.cmd[step.cmd.index("--out") + 1]), out)
         status_path.write_text(json.dumps({"steps": results}, indent=1) + "\n")

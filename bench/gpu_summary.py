@@ -2,8 +2,8 @@
 
     python -m bench.gpu_summary bench/results/h100-80gb-hbm3-2026-11-25
 
-Reads only the files the steps wrote (steps.json, tests.xml, kernels.json, attention.json,
-train_matrix.json, run-metrics.jsonl); a missing file leaves its section out. A directory that
+Reads only the files the steps wrote (steps.json, tests.xml or tests-cases.jsonl, kernels.json,
+attention.json, train_matrix.json, run-metrics.jsonl); a missing file leaves its section out. A directory that
 holds several runs' results in subfolders (a lease split into several calls) gets one summary of
 all of them: the benchmark rows are pooled, each a measurement of its own call.
 """
@@ -35,9 +35,26 @@ def environment_section(steps: dict) -> list[str]:
 
 
 def steps_section(all_steps: list[tuple[str, dict]]) -> list[str]:
-    rows = [f"| {where} | {s['step']} | {s['status']} | {s['wall_s']:.0f} |"
-            for where, steps in all_steps for s in steps.values() if "step" in s]
-    return ["## Steps", "", "| results in | step | status | wall s |", "|---|---|---|---|", *rows, ""]
+    rows = [(where, s) for where, steps in all_steps for s in steps.values() if "step" in s]
+    limits = any("limit_s" in s for _, s in rows)  # recorded since the budgeted check
+    lines = [f"| {where} | {s['step']} | {s['status']} | {s['wall_s']:.0f} |"
+             + (f" {s.get('limit_s', '-')} |" if limits else "") for where, s in rows]
+    head = "| results in | step | status | wall s |" + (" limit s |" if limits else "")
+    return ["## Steps", "", head, "|---|---|---|---|" + ("---|" if limits else ""), *lines, ""]
+
+
+def cases_section(paths: list[Path], root: Path) -> list[str]:
+    """The native tests from bench/case_log.py's lines, where no tests.xml was written (the step was
+    stopped by its time limit): what ran before the limit."""
+    lines = []
+    for path in paths:
+        cases = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        counts = {o: sum(c["outcome"] == o for c in cases) for o in ("passed", "failed", "skipped")}
+        lines += [f"{path.relative_to(root)}: {len(cases)} tests finished before the step ended, {counts['passed']} "
+                  f"passed, {counts['failed']} failed, {counts['skipped']} skipped, "
+                  f"{sum(c['seconds'] for c in cases):.0f} s.", ""]
+        lines += [f"- FAILED {c['nodeid']}" for c in cases if c["outcome"] == "failed"][:40]
+    return lines
 
 
 def tests_section(paths: list[Path], root: Path) -> list[str]:
@@ -51,7 +68,7 @@ def tests_section(paths: list[Path], root: Path) -> list[str]:
         lines += [f"{path.relative_to(root)}: {counts['tests']} tests, {counts['failures']} failed, "
                   f"{counts['errors']} errors, {counts['skipped']} skipped, {float(counts['time']):.0f} s.", ""]
         lines += [f"- FAILED {name}" for name in failed[:40]]
-    return ["## Native kernel and model tests", "", *lines, ""] if lines else []
+    return lines
 
 
 def _benchmarks(paths: list[Path]) -> list[dict]:
@@ -111,7 +128,8 @@ def train_matrix_section(paths: list[Path]) -> list[str]:
         return []
     data = {**found[0], "results": [r for d in found for r in d["results"]]}
     lines = [f"## {data['preset']} train steps, bf16 autocast, batch {data['batch_size']} x {data['seq_len']}, "
-             f"{data['steps']} steps on the same batches", "",
+             f"{data['steps']} steps on the same batches"
+             + (f" of {data['data']} tokens" if data.get("data") == "random" else ""), "",
              f"Datasheet bf16 peak {data.get('datasheet_peak_tflops')} TFLOP/s; an 8192^3 bf16 matmul measured "
              f"{data.get('measured_matmul_tflops', 0):.0f} TFLOP/s here.", "",
              "| attention-norm-mlp | tokens/s | MFU | peak GiB | first step s | loss at last step | vs torch |",
@@ -120,9 +138,14 @@ def train_matrix_section(paths: list[Path]) -> list[str]:
         if "error" in r:
             lines.append(f"| {r['combo']} | error: {r['error'][:150]} | | | | | |")
             continue
+        at = f" (step {r['loss_compared_at_step']})" if "loss_compared_at_step" in r else ""
         lines.append(f"| {r['combo']} | {r['tokens_per_s']:,.0f} | {r.get('mfu', float('nan')):.3f} | "
                      f"{r.get('peak_memory_gib', float('nan')):.1f} | {r['first_step_s']:.1f} | "
-                     f"{r['losses'][-1]:.4f} | {r['final_loss_minus_reference']:+.4f} |")
+                     f"{r['losses'][-1]:.4f} | {r['final_loss_minus_reference']:+.4f}{at} |")
+    counts = {r.get("flops_per_token_counts") for r in data["results"] if "error" not in r}
+    if counts and counts != {None}:
+        lines += ["", f"MFU counts {', '.join(sorted(c for c in counts if c))} FLOPs per token; results without "
+                  "that note counted 6N + 6 L d T (causal attention)."]
     return [*lines, ""]
 
 
@@ -167,7 +190,10 @@ def write_summary(out: Path) -> Path:
              "it on the machine named here.", ""]
     lines += environment_section({"environment": env})
     lines += steps_section([(str(folder.relative_to(out)) if folder != out else ".", s) for folder, s in all_steps])
-    lines += tests_section(sorted(out.rglob("tests.xml")), out)
+    tests = tests_section(sorted(out.rglob("tests.xml")), out)
+    cut = [p for p in sorted(out.rglob("tests-cases.jsonl")) if not (p.parent / "tests.xml").is_file()]
+    tests += cases_section(cut, out)
+    lines += ["## Native kernel and model tests", "", *tests, ""] if tests else []
     lines += kernels_section(sorted(out.rglob("kernels*.json")))
     lines += attention_section(sorted(out.rglob("attention*.json")))
     lines += train_matrix_section(sorted(out.rglob("train_matrix*.json"))) + run_section(out)

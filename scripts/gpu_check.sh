@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
 # One command that makes an hour on a GPU count (see bench/gpu_check.py for the steps):
+#   bash scripts/gpu_check.sh --budget 420       # the short slot: train matrix, kernels, attention, tests in 7 min
 #   bash scripts/gpu_check.sh                    # everything, into bench/results/<gpu>-<date>/ (~20 min, one H100)
 #   bash scripts/gpu_check.sh --steps tests train-matrix
 #   bash scripts/gpu_check.sh --dry-run          # any machine: checks every step's command line
@@ -11,6 +12,7 @@
 # and this script installs whatever .whl/ holds into /tmp/grokcopy-site before it starts.
 # (flash-attn has no wheel on PyPI for that torch; its benchmark cases skip.)
 set -euo pipefail
+export GPU_CHECK_STARTED="${GPU_CHECK_STARTED:-$(date +%s)}"  # --budget counts from here
 cd "$(dirname "$0")/.."
 py="${PYTHON:-python3}"
 if [ -d .whl ] && ls .whl/*.whl >/dev/null 2>&1; then
