@@ -12,6 +12,9 @@ Writes to OUT:
   against LR, one line per batch size (the mean over seeds, bars from the earliest to the latest);
 - onset-lr-batch.png (when the runs vary both LR and batch size): heatmap of the copy onset step
   (mean over seeds);
+- surge-aligned.png (when a run surged): the previous-token score below the last layer, the best
+  induction score and the val loss of every surged run against steps from its own copy surge: what
+  the surge forecasters (evals/onset_predictor.py) read, lined up on what they forecast;
 - noise-scale.png (when the runs logged it, train.py --grad-accum >= 2): the gradient noise scale
   B_simple against steps, each run's batch size as a dashed line of its colour;
 - report.md: a table of every run's settings, final numbers and onsets; with several seeds, the
@@ -33,7 +36,7 @@ from grokcopy.evals.claim_tables import forecast_lines, plateau_lines, regime_li
 from grokcopy.evals.curves import plot_overlay, pyplot
 from grokcopy.evals.noise_scale import pooled_noise_scale
 from grokcopy.evals.onset_laws import OnsetConfig, law_table
-from grokcopy.evals.onset_predictor import run_series
+from grokcopy.evals.onset_predictor import best_induction, previous_token_below_last, run_series
 from grokcopy.evals.onsets import COPY_SURGE_LEVEL, INDUCTION_THRESHOLD, copy_token_gain, eval_records, run_onsets
 from grokcopy.model.run_dir import RunDir
 
@@ -226,6 +229,31 @@ def plot_noise_scale(runs: dict[str, list[dict]], rows: list[dict], path: Path, 
     plt.close(fig)
 
 
+def plot_surge_aligned(runs: dict[str, list[dict]], rows: list[dict], path: Path) -> None:
+    """Three panels against steps from each surged run's copy surge: the previous-token score below the
+    last layer, the best induction score and the val loss, one line per run, coloured by batch size."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110, sharex=True)
+    colours = {b: f"C{i}" for i, b in enumerate(sorted({r["batch"] for r in rows}))}
+    labelled: set[int] = set()
+    for r in (r for r in rows if r["copy_surge"] is not None):
+        evals = eval_records(runs[r["name"]])
+        x = [e[mk.STEP] - r["copy_surge"] for e in evals]
+        label = None if r["batch"] in labelled else f"batch {r['batch']}"
+        labelled.add(r["batch"])
+        for ax, value in zip(axes, (previous_token_below_last, best_induction, lambda e: e[mk.VAL_LOSS]), strict=True):
+            ax.plot(x, [value(e) for e in evals], color=colours[r["batch"]], lw=1, alpha=0.7, label=label)
+    titles = ("previous-token score, best head below the last layer", "induction score, best head", "val loss")
+    for ax, title in zip(axes, titles, strict=True):
+        ax.axvline(0, color="gray", ls=":", lw=1)
+        ax.set_title(title, fontsize=9)
+        ax.set_xlabel("steps from the copy surge")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def onset_law_lines(rows: list[dict], onset: str) -> list[str]:
     """The onset-laws section of report.md (evals/onset_laws.py); empty when LR and batch are both fixed."""
     if len({r["lr"] for r in rows}) < 2 and len({r["batch"] for r in rows}) < 2:
@@ -338,6 +366,9 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
         if len({r["batch"] for r in rows}) > 1:
             plot_onset_heatmap(rows, out / "onset-lr-batch.png", onset)
             figures.append("onset-lr-batch.png")
+    if any(r["copy_surge"] is not None for r in rows):
+        plot_surge_aligned(runs, rows, out / "surge-aligned.png")
+        figures.append("surge-aligned.png")
     if any(r["b_noise"] is not None for r in rows):
         plot_noise_scale(runs, rows, out / "noise-scale.png", onset)
         figures.append("noise-scale.png")

@@ -40,7 +40,7 @@ for experiment in "$results"/*/; do
     [[ "$name" == runs ]] && continue
     # the copy surge (token-level gain >= 0.1) and an induction threshold of 0.1: docs/REPRODUCTION.md says why
     "$py" -m grokcopy.evals.report "$experiment"* --out "$reports/$name" --threshold 0.1 --onset copy_surge
-    for figure in overlay-steps overlay-tokens onset-vs-lr onset-lr-batch noise-scale; do
+    for figure in overlay-steps overlay-tokens onset-vs-lr onset-lr-batch noise-scale surge-aligned; do
         if [[ -f "$reports/$name/$figure.png" ]]; then cp "$reports/$name/$figure.png" "$figures/$name-$figure.png"; fi
     done
 done
