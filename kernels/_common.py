@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 import torch
 import triton
@@ -21,6 +22,37 @@ def autotuned(configs: list[triton.Config]) -> list[triton.Config]:
     then compiles one kernel per shape instead of tuning dozens (correctness does not depend on the
     config), and a resume repeats the tiles of the run it continues, so it stays bit-identical."""
     return configs[:1] if os.environ.get("GROKCOPY_AUTOTUNE", "1") == "0" else configs
+
+
+def kernel_op(name: str, fake: Callable) -> Callable:
+    """Decorator: register a function that launches Triton kernels as the torch op grokcopy::<name>.
+
+    On a GPU it is a `torch.library.triton_op`: torch.compile traces into the function and records
+    each kernel launched through `launch(kernel)` in its graph, so inductor schedules it among its
+    own kernels (no opaque call, no forced materialisation around it) and compiles it with its own
+    argument types (hence `fp32_scalar`). Under the interpreter it is a `torch.library.custom_op`
+    with `fake` as its shape function, because there `wrap_triton` hands back the bare kernel
+    (an interpreted kernel lacks the metadata the traceable wrapper needs) and tracing the op on
+    fake tensors would run the interpreter on them (checked on torch 2.13). Both kinds take the same
+    schema, autograd registration and launchers, so the numbers are the same either way. The schema
+    is inferred from the function's annotations: triton_op ignores an explicit one (torch 2.13).
+    """
+
+    def register(fn: Callable) -> Callable:
+        qualname = f"grokcopy::{name}"
+        if interpreting():
+            op = torch.library.custom_op(qualname, fn, mutates_args=())
+            op.register_fake(fake)
+            return op
+        return torch.library.triton_op(qualname, fn, mutates_args=())
+
+    return register
+
+
+def launch(kernel):
+    """`kernel` as a launcher inside a `kernel_op` calls it: wrapped by `torch.library.wrap_triton` on
+    a GPU (a plain launch when nothing is tracing), itself under the interpreter."""
+    return kernel if interpreting() else torch.library.wrap_triton(kernel)
 
 
 def dot_dtype(dtype: torch.dtype) -> tl.dtype:

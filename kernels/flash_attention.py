@@ -50,8 +50,18 @@ import os
 import torch
 import triton
 import triton.language as tl
+from torch._subclasses.fake_tensor import is_fake
 
-from grokcopy.kernels._common import autotuned, cast_rne, check_inputs, dot_dtype, fp32_scalar, interpreting
+from grokcopy.kernels._common import (
+    autotuned,
+    cast_rne,
+    check_inputs,
+    dot_dtype,
+    fp32_scalar,
+    interpreting,
+    kernel_op,
+    launch,
+)
 from grokcopy.kernels.reference import AttentionStats, attention_reference, attention_stats_reference
 
 __all__ = [
@@ -88,13 +98,15 @@ def _set_descriptor_blocks(nargs: dict) -> None:
     nargs["KD"].block_shape = nargs["VD"].block_shape = [1, 1, bn, bd]
 
 
-def _fwd_configs() -> list[triton.Config]:
+def _fwd_configs(tma: bool) -> list[triton.Config]:
+    """The forward's list; with `tma` each config also sets the descriptors' tiles (a pre-hook, which
+    inductor cannot run: hence a separate autotuner for the opt-in TMA path, see FWD_KERNELS)."""
+    hook = _set_descriptor_blocks if tma else None
     if interpreting():
-        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=1, num_stages=1,
-                              pre_hook=_set_descriptor_blocks)]
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=1, num_stages=1, pre_hook=hook)]
     shapes = [(64, 64, 4), (128, 128, 8), (128, 64, 8), (128, 64, 4), (128, 32, 4), (64, 32, 4)]
     return autotuned([
-        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=_set_descriptor_blocks)
+        triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s, pre_hook=hook)
         for bm, bn, w in shapes
         for s in (2, 3, 4)
     ])
@@ -337,8 +349,6 @@ def _store_target_mass(TargetMass, Targets, q_base, k_head, stride_qt, stride_qd
              mask=row_ok[:, None] & (offs_k[None, :] < N_TARGETS))
 
 
-@triton.autotune(configs=_fwd_configs(), key=_TUNE_KEY + ["WITH_STATS", "N_TARGETS"],
-                 prune_configs_by={"early_config_prune": _prune_spilling})
 @triton.jit
 def flash_attention_fwd_kernel(
     Q, K, V, Out, Lse, Entropy, TargetMass, Targets, QD, KD, VD, OD,
@@ -435,6 +445,15 @@ def flash_attention_fwd_kernel(
             _store_target_mass(TargetMass, Targets, q_base, _head_base(K, b, kvh, stride_kb, stride_kh), stride_qt,
                                stride_qd, stride_ks, stride_kd, b, stat_offs, offs_m, m_i, l_i, stride_tb, stride_tt,
                                T, S, qk_scale, CAUSAL, N_TARGETS, TARGETS_BLOCK, HEAD_DIM, BLOCK_D, BLOCK_M)
+
+
+# The forward autotuned through pointers, and through TMA descriptors (opt-in; eager only, as its
+# configs carry a pre-hook): the same kernel and the same configs either way.
+FWD_KERNELS = {
+    tma: triton.autotune(configs=_fwd_configs(tma), key=_TUNE_KEY + ["WITH_STATS", "N_TARGETS"],
+                         prune_configs_by={"early_config_prune": _prune_spilling})(flash_attention_fwd_kernel)
+    for tma in (False, True)
+}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -777,7 +796,7 @@ def flash_attention_forward(
     descriptors = _tma_descriptors(q, k, v, out, use_tma)
 
     grid = lambda meta: (B * Hq, triton.cdiv(T, meta["BLOCK_M"]))
-    flash_attention_fwd_kernel[grid](
+    launch(FWD_KERNELS[descriptors is not None])[grid](
         q, k, v, out, lse, ent_arg, tm_arg, tgt_arg, *(descriptors or (None,) * 4),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         stride_tb, stride_tt,
@@ -804,7 +823,7 @@ def _tma_descriptors(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: tor
     if use_tma is None:
         use_tma = (os.environ.get("GROKCOPY_ATTENTION_TMA", "0") == "1" and q.is_cuda
                    and torch.cuda.get_device_capability(q.device)[0] >= 9)
-    if not use_tma:
+    if not use_tma or is_fake(q):  # traced by torch.compile: pointers (see FWD_KERNELS)
         return None
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor
@@ -862,17 +881,17 @@ def flash_attention_backward(
 
     delta = torch.empty((B, Hq, T), dtype=torch.float32, device=q.device)
     pre_block = 16 if interpreting() else 64
-    flash_attention_bwd_preprocess_kernel[(B * Hq, triton.cdiv(T, pre_block))](
+    launch(flash_attention_bwd_preprocess_kernel)[(B * Hq, triton.cdiv(T, pre_block))](
         out, dout, delta, *out.stride(), *dout.stride(), Hq, T,
         HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_M=pre_block,
     )
     bucket = _len_bucket(T, S)
-    flash_attention_bwd_dkdv_kernel[lambda meta: (B * Hkv, triton.cdiv(S, meta["BLOCK_N"]))](
+    launch(flash_attention_bwd_dkdv_kernel)[lambda meta: (B * Hkv, triton.cdiv(S, meta["BLOCK_N"]))](
         q, k, v, dout, lse, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
         Hkv, Hq // Hkv, T, S, scale, bucket, **consts,
     )
-    flash_attention_bwd_dq_kernel[lambda meta: (B * Hq, triton.cdiv(T, meta["BLOCK_M"]))](
+    launch(flash_attention_bwd_dq_kernel)[lambda meta: (B * Hq, triton.cdiv(T, meta["BLOCK_M"]))](
         q, k, v, dout, lse, delta, dq,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
         Hq, Hq // Hkv, T, S, scale, bucket, **consts,
@@ -885,29 +904,14 @@ def flash_attention_backward(
 # --------------------------------------------------------------------------------------------------
 
 
-# Registered as torch.library custom ops, as the norms and SwiGLU are: torch.compile treats them as
-# opaque calls with fake (shape-only) implementations, so it neither traces into the launchers (on
-# the CPU that meant tracing the Triton interpreter itself) nor recompiles the kernels with its own
-# argument typing (on an H100, inductor's recompilation of the forward kernel failed in tl.dot).
+# Registered by `kernel_op` (kernels/_common.py), as the norms and SwiGLU are: on a GPU triton_ops,
+# which torch.compile traces into, so inductor sees the kernels (and recompiles them with its own
+# argument types: softmax_scale goes through fp32_scalar, or an fp64 scale would break tl.dot as
+# it did on an H100); under the interpreter opaque custom ops with fake (shape-only) implementations.
 _EMPTY_STATS = (0,)  # entropy / target_mass when the statistics are not asked for (ops return tensors)
 
 
-@torch.library.custom_op(
-    "grokcopy::flash_attention_fwd",
-    mutates_args=(),
-    schema="(Tensor q, Tensor k, Tensor v, Tensor? targets, bool causal, float? softmax_scale, bool with_stats)"
-    " -> (Tensor, Tensor, Tensor, Tensor)",
-)
-def _flash_attention_fwd_op(q, k, v, targets, causal, softmax_scale, with_stats):
-    out, lse, entropy, target_mass = flash_attention_forward(
-        q, k, v, causal=causal, softmax_scale=softmax_scale, with_stats=with_stats, targets=targets)
-    if entropy is None:
-        entropy, target_mass = lse.new_empty(_EMPTY_STATS), lse.new_empty(_EMPTY_STATS)  # outputs may not alias
-    return out, lse, entropy, target_mass
-
-
-@_flash_attention_fwd_op.register_fake
-def _(q, k, v, targets, causal, softmax_scale, with_stats):
+def _flash_attention_fwd_fake(q, k, v, targets, causal, softmax_scale, with_stats):
     B, Hq, T, D = q.shape
     out = q.new_empty((B, T, Hq, D)).transpose(1, 2)  # token-major, as the kernel writes it
     lse = q.new_empty((B, Hq, T), dtype=torch.float32)
@@ -917,19 +921,28 @@ def _(q, k, v, targets, causal, softmax_scale, with_stats):
     return out, lse, lse.new_empty((B, Hq, T)), lse.new_empty((B, Hq, T, n_targets))
 
 
-@torch.library.custom_op(
-    "grokcopy::flash_attention_bwd",
-    mutates_args=(),
-    schema="(Tensor dout, Tensor q, Tensor k, Tensor v, Tensor out, Tensor lse, bool causal, float? softmax_scale)"
-    " -> (Tensor, Tensor, Tensor)",
-)
-def _flash_attention_bwd_op(dout, q, k, v, out, lse, causal, softmax_scale):
-    return flash_attention_backward(dout, q, k, v, out, lse, causal=causal, softmax_scale=softmax_scale)
+@kernel_op("flash_attention_fwd", _flash_attention_fwd_fake)
+def _flash_attention_fwd_op(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, targets: torch.Tensor | None, causal: bool,
+    softmax_scale: float | None, with_stats: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    out, lse, entropy, target_mass = flash_attention_forward(
+        q, k, v, causal=causal, softmax_scale=softmax_scale, with_stats=with_stats, targets=targets)
+    if entropy is None:
+        entropy, target_mass = lse.new_empty(_EMPTY_STATS), lse.new_empty(_EMPTY_STATS)  # outputs may not alias
+    return out, lse, entropy, target_mass
 
 
-@_flash_attention_bwd_op.register_fake
-def _(dout, q, k, v, out, lse, causal, softmax_scale):
+def _flash_attention_bwd_fake(dout, q, k, v, out, lse, causal, softmax_scale):
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+
+
+@kernel_op("flash_attention_bwd", _flash_attention_bwd_fake)
+def _flash_attention_bwd_op(
+    dout: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, lse: torch.Tensor,
+    causal: bool, softmax_scale: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return flash_attention_backward(dout, q, k, v, out, lse, causal=causal, softmax_scale=softmax_scale)
 
 
 def _flash_attention_setup_context(ctx, inputs, output):

@@ -17,13 +17,18 @@ sum x + residual is formed in fp32 and stored in the residual's dtype (torch's t
 `x + residual` when the residual is the wider one), and `out_dtype` lets the norm write the bf16
 that the next matmul reads, instead of an fp32 row that autocast would convert in another pass.
 
-Both ops are registered with `torch.library.custom_op` (opaque to `torch.compile`, so it traces
-them without graph breaks) with fake implementations and `register_autograd`. `triton_op` would let
-inductor see inside the kernels, but its fake-tensor tracing calls the kernel, which fails under
-the CPU interpreter; these kernels are fused already, so there is nothing for inductor to add.
+The forward saves the fp32 rstd of every row (4 bytes a row) and the backward streams: it reads
+rstd instead of recomputing a reduction, keeps several row tiles in flight and reduces dweight once
+(see rms_norm_bwd_kernel; the first backward stays selectable, BACKWARD, until a GPU compares them).
+
+The ops are registered by `kernel_op` (kernels/_common.py) with `register_autograd`: on a GPU they
+are `torch.library.triton_op`s, so torch.compile sees the kernels and schedules around them; under
+the CPU interpreter opaque custom ops, because there tracing a triton_op would run the kernels.
 """
 
 from __future__ import annotations
+
+import os
 
 import torch
 import triton
@@ -37,6 +42,8 @@ from grokcopy.kernels._common import (
     check_inputs,
     fp32_scalar,
     interpreting,
+    kernel_op,
+    launch,
 )
 from grokcopy.kernels.reference import fused_add_rms_norm_reference, rms_norm_reference  # noqa: F401 (re-exported)
 
@@ -49,6 +56,7 @@ MAX_ROW = 65536
 # that each step still moves a useful amount of memory (one 768-wide bf16 row is only 1.5 KiB);
 # a row wider than TILE is one tile. PROGRAMS_PER_SM (backward): programs per SM, each owning a
 # contiguous range of rows and writing one partial dweight row (see rms_norm_bwd_kernel).
+# STAGES (streaming backward): row tiles in flight per program (`tl.range(..., num_stages=...)`).
 # The first config of each list is the one measured on an H100 on 2026-11-25 (bench/results/
 # h100-80gb-hbm3-2026-11-25: backward at 15% of copy bandwidth); the others trade warps per
 # program for more programs in flight, which a latency-bound row loop needs. GROKCOPY_AUTOTUNE=0
@@ -57,33 +65,62 @@ MAX_ROW = 65536
 TILE_ELEMENTS = 4096
 INTERPRETER_BWD_PROGRAMS = 4
 _FWD_SHAPES = [(4096, 16), (4096, 8), (4096, 4), (2048, 8), (2048, 4), (8192, 16), (1024, 4)]  # (TILE, warps)
-_BWD_SHAPES = [(4096, 16, 2), (4096, 16, 4), (4096, 8, 4), (4096, 4, 8), (2048, 8, 8), (2048, 4, 8), (8192, 16, 2)]
-MAX_BWD_PROGRAMS_PER_SM = max(pps for _, _, pps in _BWD_SHAPES)
+# (TILE, warps, PROGRAMS_PER_SM, STAGES). The recomputing backward is autotuned over the distinct
+# (TILE, warps, PROGRAMS_PER_SM) of this list with STAGES None (its loop stays a plain range).
+# The streaming backward wants bytes in flight per SM (Little's law: ~18 KB at H100 latency and
+# bandwidth): programs per SM x stages x one tile of dy and x (4096 bf16 elements: 16 KB).
+_BWD_SHAPES = [(4096, 16, 2, 1), (4096, 16, 4, 1), (4096, 8, 4, 1), (4096, 4, 8, 1), (2048, 8, 8, 1),
+               (2048, 4, 8, 1), (8192, 16, 2, 1), (2048, 4, 4, 2), (2048, 8, 4, 2), (1024, 4, 8, 2),
+               (1024, 2, 16, 2), (4096, 8, 2, 2)]
+MAX_BWD_PROGRAMS_PER_SM = max(shape[2] for shape in _BWD_SHAPES)
+# Which backward the ops run: "streaming" (default: fp32 rstd saved by the forward, pipelined row
+# loop, dweight accumulated in a register tile and reduced once) or "recompute" (the backward
+# measured on the H100 and H200: rstd recomputed from x, dweight row-summed every step). Both stay
+# until a GPU compares them (issue 29); GROKCOPY_RMS_NORM_BACKWARD picks one at import.
+BACKWARDS = ("streaming", "recompute")
+BACKWARD = os.environ.get("GROKCOPY_RMS_NORM_BACKWARD", "streaming")
+if BACKWARD not in BACKWARDS:
+    raise ValueError(f"GROKCOPY_RMS_NORM_BACKWARD={BACKWARD!r}; expected one of {BACKWARDS}")
+
+
+def gpu_fwd_configs() -> list[triton.Config]:
+    """The forward's autotune list on a GPU."""
+    return [triton.Config({"TILE": tile}, num_warps=w) for tile, w in _FWD_SHAPES]
+
+
+def gpu_bwd_configs(streaming: bool) -> list[triton.Config]:
+    """The autotune list on a GPU of the streaming backward, or of the recomputing one."""
+    shapes = _BWD_SHAPES if streaming else list(dict.fromkeys((t, w, p, None) for t, w, p, _ in _BWD_SHAPES))
+    return [triton.Config({"TILE": tile, "PROGRAMS_PER_SM": pps, "STAGES": stages}, num_warps=w)
+            for tile, w, pps, stages in shapes]
 
 
 def _fwd_configs() -> list[triton.Config]:
     if interpreting():
         return [triton.Config({"TILE": TILE_ELEMENTS}, num_warps=1)]
-    return autotuned([triton.Config({"TILE": tile}, num_warps=w) for tile, w in _FWD_SHAPES])
+    return autotuned(gpu_fwd_configs())
 
 
-def _bwd_configs() -> list[triton.Config]:
+def _bwd_configs(streaming: bool) -> list[triton.Config]:
     if interpreting():
-        return [triton.Config({"TILE": TILE_ELEMENTS, "PROGRAMS_PER_SM": INTERPRETER_BWD_PROGRAMS}, num_warps=1)]
-    return autotuned([triton.Config({"TILE": tile, "PROGRAMS_PER_SM": pps}, num_warps=w)
-                       for tile, w, pps in _BWD_SHAPES])
+        stages = 2 if streaming else None
+        return [triton.Config({"TILE": TILE_ELEMENTS, "PROGRAMS_PER_SM": INTERPRETER_BWD_PROGRAMS, "STAGES": stages},
+                              num_warps=1)]
+    return autotuned(gpu_bwd_configs(streaming))
 
 
 def _prune_by_thread_load(configs: list[triton.Config], named_args: dict, **kwargs) -> list[triton.Config]:
     """Keep configs that give each thread 4 to 32 elements of a tile: fewer wastes lanes on masked
     or idle work, more holds too many fp32 values of x, dy (and the residual) per thread and spills
-    (static sm_90a table: D = 11008 at 16 warps, 32 elements each, spills 376 B in the backward)."""
+    (static sm_90a table: D = 11008 at 16 warps, 32 elements each, spills 376 B in the backward).
+    The streaming backward also keeps its dweight tile in registers: at most 16 elements there."""
     block_d = kwargs["BLOCK_D"]
+    most = 16 if kwargs.get("STREAMING", False) else 32
 
     def per_thread(c: triton.Config) -> int:
         return max(c.kwargs["TILE"], block_d) // (c.num_warps * 32)
 
-    return [c for c in configs if 4 <= per_thread(c) <= 32] or configs[:1]
+    return [c for c in configs if 4 <= per_thread(c) <= most] or configs[:1]
 
 
 def rows_per_tile(block_d: int, tile: int) -> int:
@@ -100,6 +137,7 @@ def rms_norm_fwd_kernel(
     w_ptr,
     y_ptr,
     res_out_ptr,
+    rstd_ptr,
     n_rows,
     n_cols,
     stride_x,
@@ -112,7 +150,8 @@ def rms_norm_fwd_kernel(
     BLOCK_D: tl.constexpr,
     TILE: tl.constexpr,
 ):
-    """y = weight * round(x * rstd) for BLOCK_M whole rows, each read once and written once.
+    """y = weight * round(x * rstd) for BLOCK_M whole rows, each read once and written once; the fp32
+    rstd [n_rows] of each row is stored for the backward (4 bytes a row).
 
     With HAS_RESIDUAL, x + residual is formed in fp32, rounded to the new residual's dtype and
     stored; that rounded sum is what gets normalised, so y == rms_norm(new_residual). Each pointer
@@ -120,14 +159,17 @@ def rms_norm_fwd_kernel(
     """
     BLOCK_M: tl.constexpr = (TILE + BLOCK_D - 1) // BLOCK_D  # rows_per_tile: both are powers of two
     eps = fp32_scalar(eps)
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_ids = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < n_cols
-    mask = (rows < n_rows)[:, None] & col_mask[None, :]
+    mask = (row_ids < n_rows)[:, None] & col_mask[None, :]
     # int64 row offsets: rows * stride passes 2**31 elements at 65536 tokens x 32768 columns.
-    rows = rows.to(tl.int64)[:, None]
+    rows = row_ids.to(tl.int64)[:, None]
     cols = cols[None, :]
 
+    # The weight is loaded first, so that its load is in flight while the row's sum of squares waits
+    # for x (issued after the reduction, it would add a second memory latency to every tile).
+    w = tl.load(w_ptr + cols, mask=col_mask[None, :], other=0.0).to(tl.float32)
     # The whole [BLOCK_M, BLOCK_D] tile is held in fp32 registers: the sum of squares needs every
     # element of a row before any output can be written, and loading once means one HBM read.
     # fp32 because a bf16 sum of squares over thousands of elements loses the low bits (and the
@@ -141,26 +183,27 @@ def rms_norm_fwd_kernel(
 
     # Masked columns were loaded as 0, so they add nothing to the sum; divide by the true width.
     rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
+    tl.store(rstd_ptr + row_ids, rstd, mask=row_ids < n_rows)
     # Round the normalised row to the dtype of the normalised input before the weight multiply
     # (HF's order); for an fp32 residual stream that rounding is a no-op.
     if HAS_RESIDUAL:
         normed = cast_rne(x * rstd[:, None], res_out_ptr.dtype.element_ty).to(tl.float32)
     else:
         normed = cast_rne(x * rstd[:, None], x_ptr.dtype.element_ty).to(tl.float32)
-    w = tl.load(w_ptr + cols, mask=col_mask[None, :], other=0.0).to(tl.float32)
     tl.store(y_ptr + rows * stride_y + cols, cast_rne(normed * w, y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.autotune(configs=_bwd_configs(), key=["BLOCK_D", "ROWS_BUCKET", "HAS_RESIDUAL_GRAD"],
-                 prune_configs_by={"early_config_prune": _prune_by_thread_load})
 @triton.jit
 def rms_norm_bwd_kernel(
     dy_ptr,
     x_ptr,
     w_ptr,
+    rstd_ptr,
     dres_ptr,
     dx_ptr,
+    dx_branch_ptr,
     dw_partial_ptr,
+    n_partials_ptr,
     n_rows,
     n_cols,
     stride_dy,
@@ -170,25 +213,37 @@ def rms_norm_bwd_kernel(
     eps,
     ROWS_BUCKET,
     HAS_RESIDUAL_GRAD: tl.constexpr,
+    HAS_BRANCH_GRAD: tl.constexpr,
+    STREAMING: tl.constexpr,
     BLOCK_D: tl.constexpr,
     TILE: tl.constexpr,
     PROGRAMS_PER_SM: tl.constexpr,
+    STAGES: tl.constexpr,
 ):
     """dx for this program's contiguous range of rows, and its partial dweight row.
 
     With n = x * rstd and g = dy * weight, the gradient of the normalisation is
         dx = rstd * (g - n * mean(g * n))
-    and dweight = sum over rows of dy * round(n). rstd is recomputed from x, which is loaded here
-    anyway, instead of being saved by the forward: it costs no extra memory traffic.
+    and dweight = sum over rows of dy * round(n).
+
+    STREAMING reads the fp32 rstd [n_rows] that the forward saved (4 bytes a row against 2 * D of
+    x): no sum of squares, so a row tile's only reduction is mean(g * n), and the loop is a
+    `tl.range` with STAGES tiles in flight, which the compiler software-pipelines (cp.async into
+    shared memory) so that the next tiles' loads overlap this tile's arithmetic. dweight gathers in
+    a [BLOCK_M, BLOCK_D] fp32 register tile, summed over its rows once after the loop. Otherwise
+    (the recomputing backward) rstd is recomputed from x and each step adds its rows' column sum
+    to a [BLOCK_D] accumulator: a cross-warp reduction through shared memory every step.
 
     dweight is a reduction over every row. Rather than atomics (contended, and their order makes
-    the result non-deterministic) each program owns a contiguous range of rows, accumulates its
-    sum in fp32 registers and writes one partial row (zeros when its range is empty); the launcher
-    adds the partial rows. The ranges split the BLOCK_M-row blocks evenly over the grid, so no block
-    straddles two programs and the last programs may get fewer rows.
+    the result non-deterministic) each program owns a contiguous range of rows and writes one
+    partial row (zeros when its range is empty); program 0 also writes how many programs ran, and
+    `rms_norm_dweight_kernel` adds the partial rows. The ranges split the BLOCK_M-row blocks
+    evenly over the grid, so no block straddles two programs and the last programs may get fewer.
 
     With HAS_RESIDUAL_GRAD (the fused-add op) x is the new residual s = x_in + residual_in, and the
-    gradient reaching s from its own use downstream is added: ds = dx_norm + dres.
+    gradient reaching s from its own use downstream is added: ds = dx_norm + dres. With
+    HAS_BRANCH_GRAD ds is also stored in dx_branch_ptr's dtype (x_in's, bf16 when the residual is
+    fp32), the gradient of the branch x_in, so no cast pass over ds follows.
     """
     BLOCK_M: tl.constexpr = (TILE + BLOCK_D - 1) // BLOCK_D  # rows_per_tile: both are powers of two
     eps = fp32_scalar(eps)
@@ -196,22 +251,33 @@ def rms_norm_bwd_kernel(
     cols = tl.arange(0, BLOCK_D)
     col_mask = cols < n_cols
     w = tl.load(w_ptr + cols, mask=col_mask, other=0.0).to(tl.float32)
-    dw_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
+    if STREAMING:
+        dw_acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    else:
+        dw_acc = tl.zeros([BLOCK_D], dtype=tl.float32)
 
     rows_per_program = tl.cdiv(tl.cdiv(n_rows, BLOCK_M), tl.num_programs(0)) * BLOCK_M
     first_row = pid * rows_per_program
-    for start in range(first_row, tl.minimum(first_row + rows_per_program, n_rows), BLOCK_M):
-        rows = start + tl.arange(0, BLOCK_M)
-        mask = (rows < n_rows)[:, None] & col_mask[None, :]
-        rows = rows.to(tl.int64)[:, None]
-        # Rows past the end load as zeros: rstd stays finite (rsqrt(eps)) and they add nothing.
+    last_row = tl.minimum(first_row + rows_per_program, n_rows)
+    # STAGES is None for the recomputing backward: then this is a plain `range`, as it was.
+    for start in tl.range(first_row, last_row, BLOCK_M, num_stages=STAGES):
+        row_ids = start + tl.arange(0, BLOCK_M)
+        mask = (row_ids < n_rows)[:, None] & col_mask[None, :]
+        rows = row_ids.to(tl.int64)[:, None]
+        # Rows past the end load as zeros (and rstd as 0 or rsqrt(eps)): they add nothing.
         x = tl.load(x_ptr + rows * stride_x + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + rows * stride_dy + cols[None, :], mask=mask, other=0.0).to(tl.float32)
-
-        rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
+        if STREAMING:
+            rstd = tl.load(rstd_ptr + row_ids, mask=row_ids < n_rows, other=0.0)
+        else:
+            rstd = tl.rsqrt(tl.sum(x * x, axis=1) / n_cols + eps)
         normed = x * rstd[:, None]
         # The forward multiplied weight by the rounded normalised value; its derivative is that.
-        dw_acc += tl.sum(dy * cast_rne(normed, x_ptr.dtype.element_ty).to(tl.float32), axis=0)
+        dw_rows = dy * cast_rne(normed, x_ptr.dtype.element_ty).to(tl.float32)
+        if STREAMING:
+            dw_acc += dw_rows
+        else:
+            dw_acc += tl.sum(dw_rows, axis=0)
 
         g = dy * w[None, :]
         mean_gn = tl.sum(g * normed, axis=1) / n_cols
@@ -219,8 +285,51 @@ def rms_norm_bwd_kernel(
         if HAS_RESIDUAL_GRAD:
             dx += tl.load(dres_ptr + rows * stride_dres + cols[None, :], mask=mask, other=0.0).to(tl.float32)
         tl.store(dx_ptr + rows * stride_dx + cols[None, :], cast_rne(dx, dx_ptr.dtype.element_ty), mask=mask)
+        if HAS_BRANCH_GRAD:
+            tl.store(dx_branch_ptr + rows * stride_dx + cols[None, :], cast_rne(dx, dx_branch_ptr.dtype.element_ty),
+                     mask=mask)
 
-    tl.store(dw_partial_ptr + pid * n_cols + cols, dw_acc, mask=col_mask)
+    if STREAMING:
+        dw_row = tl.sum(dw_acc, axis=0)
+    else:
+        dw_row = dw_acc
+    tl.store(dw_partial_ptr + pid * n_cols + cols, dw_row, mask=col_mask)
+    if pid == 0:
+        tl.store(n_partials_ptr, tl.num_programs(0))
+
+
+# One kernel, autotuned over each kind's config list; BACKWARD picks the one the ops launch.
+BWD_KERNELS = {
+    kind: triton.autotune(configs=_bwd_configs(kind == "streaming"),
+                          key=["BLOCK_D", "ROWS_BUCKET", "HAS_RESIDUAL_GRAD", "HAS_BRANCH_GRAD"],
+                          prune_configs_by={"early_config_prune": _prune_by_thread_load})(rms_norm_bwd_kernel)
+    for kind in BACKWARDS
+}
+
+# Column block of the dweight reduction: 128 fp32 columns x 32 partial rows a step, 4 warps.
+DW_BLOCK_N = 128
+DW_BLOCK_P = 32
+
+
+@triton.jit
+def rms_norm_dweight_kernel(dw_partial_ptr, n_partials_ptr, dw_ptr, n_cols, BLOCK_N: tl.constexpr,
+                            BLOCK_P: tl.constexpr):
+    """dweight[cols] = sum of the backward's partial rows, in fp32, stored once in dw_ptr's dtype.
+
+    One launch over column blocks (grid cdiv(D, BLOCK_N)); the number of partial rows is read from
+    n_partials_ptr, written by the backward itself, because it depends on the autotuned config and
+    the host would otherwise have to ask the autotuner after the launch (and then add and convert
+    with two more launches, as the first backward did). Fixed order: deterministic.
+    """
+    cols = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    col_mask = cols < n_cols
+    n_partials = tl.load(n_partials_ptr)
+    acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
+    for start in range(0, n_partials, BLOCK_P):
+        parts = start + tl.arange(0, BLOCK_P)
+        mask = (parts < n_partials)[:, None] & col_mask[None, :]
+        acc += tl.load(dw_partial_ptr + parts.to(tl.int64)[:, None] * n_cols + cols[None, :], mask=mask, other=0.0)
+    tl.store(dw_ptr + cols, cast_rne(tl.sum(acc, axis=0), dw_ptr.dtype.element_ty), mask=col_mask)
 
 
 def _check(name: str, x: torch.Tensor, weight: torch.Tensor, residual: torch.Tensor | None = None,
@@ -257,12 +366,12 @@ def rms_norm_forward(
     eps: float,
     residual: torch.Tensor | None = None,
     out_dtype: torch.dtype | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Launch the forward kernel. Returns (y, new_residual); new_residual is None without `residual`.
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Launch the forward kernel. Returns (y, new_residual, rstd); new_residual is None without `residual`.
 
     x, residual: [..., D]; weight: [D]; any float dtypes. new_residual has the dtype of
     x + residual; y has out_dtype, by default that of the normalised row. Outputs are contiguous,
-    shaped like x.
+    shaped like x; rstd is fp32 [rows] (rows = x.numel() // D), 1 / rms of each normalised row.
     """
     n_cols = x.shape[-1]
     x2 = as_rows(x)
@@ -270,17 +379,19 @@ def rms_norm_forward(
     y = torch.empty(x.shape, dtype=out_dtype or norm_dtype, device=x.device)
     res_out = torch.empty(x.shape, dtype=norm_dtype, device=x.device) if residual is not None else None
     n_rows = x2.shape[0]
+    rstd = torch.empty((n_rows,), dtype=torch.float32, device=x.device)
     if n_rows == 0:
-        return y, res_out
+        return y, res_out, rstd
     res2 = as_rows(residual) if residual is not None else None
     block_d = triton.next_power_of_2(n_cols)
     grid = lambda meta: (triton.cdiv(n_rows, rows_per_tile(block_d, meta["TILE"])),)
-    rms_norm_fwd_kernel[grid](
+    launch(rms_norm_fwd_kernel)[grid](
         x2,
         res2,
         weight,
         y,
         res_out,
+        rstd,
         n_rows,
         n_cols,
         x2.stride(0),
@@ -292,7 +403,7 @@ def rms_norm_forward(
         HAS_RESIDUAL=residual is not None,
         BLOCK_D=block_d,
     )
-    return y, res_out
+    return y, res_out, rstd
 
 
 def _sm_count(device: torch.device) -> int:
@@ -301,43 +412,54 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _bwd_programs(n_rows: int, block_d: int, meta: dict, sms: int) -> int:
-    """Programs of a backward launch: PROGRAMS_PER_SM per SM, at most one per BLOCK_M-row block."""
-    return min(triton.cdiv(n_rows, rows_per_tile(block_d, meta["TILE"])), meta["PROGRAMS_PER_SM"] * sms)
-
-
 def rms_norm_backward(
     dy: torch.Tensor,
     x: torch.Tensor,
     weight: torch.Tensor,
+    rstd: torch.Tensor,
     eps: float,
     residual_grad: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Launch the backward kernel. Returns (dx, dweight).
+    branch_dtype: torch.dtype | None = None,
+    backward: str | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Launch the backward kernel and the dweight reduction. Returns (dx, dx_branch, dweight).
 
     dy, x, residual_grad: [..., D], any float dtypes (x is the normalised input: for the fused op,
-    the new residual); weight: [D]. dx is contiguous, shaped like x and in x's dtype; dweight [D]
-    in weight's dtype, summed in fp32 over per-program partial rows.
+    the new residual); weight: [D]; rstd: fp32 [rows] from the forward (read by the streaming
+    backward only). dx is contiguous, shaped like x and in x's dtype; dx_branch is the same values
+    in `branch_dtype` (None without it); dweight [D] in weight's dtype, summed in fp32 over
+    per-program partial rows. `backward`: "streaming" or "recompute", BACKWARD by default.
     """
+    kind = backward or BACKWARD
     n_cols = x.shape[-1]
     x2, dy2 = as_rows(x), as_rows(dy)
     dres2 = as_rows(residual_grad) if residual_grad is not None else None
     n_rows = x2.shape[0]
     dx = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    dx_branch = torch.empty(x.shape, dtype=branch_dtype, device=x.device) if branch_dtype is not None else None
+    dweight = torch.empty_like(weight)
     if n_rows == 0:
-        return dx, torch.zeros_like(weight)
+        return dx, dx_branch, dweight.zero_()
     block_d, sms = triton.next_power_of_2(n_cols), _sm_count(x.device)
     # One partial dweight row per program; the autotuner picks the program count with the config,
-    # so the buffer has room for the most any config launches and only the launched rows are summed.
+    # so the buffer has room for the most any config launches, and the kernel says how many ran.
     most = min(n_rows, max(MAX_BWD_PROGRAMS_PER_SM, INTERPRETER_BWD_PROGRAMS) * sms)
     dw_partial = torch.empty((most, n_cols), dtype=torch.float32, device=x.device)
-    rms_norm_bwd_kernel[lambda meta: (_bwd_programs(n_rows, block_d, meta, sms),)](
+    n_partials = torch.empty((1,), dtype=torch.int32, device=x.device)
+
+    def grid(meta):  # PROGRAMS_PER_SM per SM, at most one per BLOCK_M-row block
+        return (min(triton.cdiv(n_rows, rows_per_tile(block_d, meta["TILE"])), meta["PROGRAMS_PER_SM"] * sms),)
+
+    launch(BWD_KERNELS[kind])[grid](
         dy2,
         x2,
         weight,
+        rstd,
         dres2,
         dx,
+        dx_branch,
         dw_partial,
+        n_partials,
         n_rows,
         n_cols,
         dy2.stride(0),
@@ -347,94 +469,96 @@ def rms_norm_backward(
         eps,
         triton.next_power_of_2(n_rows),
         HAS_RESIDUAL_GRAD=residual_grad is not None,
+        HAS_BRANCH_GRAD=branch_dtype is not None,
+        STREAMING=kind == "streaming",
         BLOCK_D=block_d,
     )
-    launched = _bwd_programs(n_rows, block_d, rms_norm_bwd_kernel.best_config.kwargs, sms)
-    return dx, dw_partial[:launched].sum(dim=0).to(weight.dtype)
+    launch(rms_norm_dweight_kernel)[(triton.cdiv(n_cols, DW_BLOCK_N),)](
+        dw_partial, n_partials, dweight, n_cols, BLOCK_N=DW_BLOCK_N, BLOCK_P=DW_BLOCK_P, num_warps=4)
+    return dx, dx_branch, dweight
 
 
 # ----------------------------------------------------------------------------------------------
-# torch.library registration. Explicit schemas keep the ops independent of how a given torch
-# version parses type annotations. The fake implementations only describe output shapes/dtypes.
+# torch.library registration (kernels/_common.py `kernel_op`: triton_op on a GPU, custom_op under
+# the interpreter; schemas from the annotations). The fake implementations only describe output
+# shapes and dtypes (triton_op traces the function itself on fake tensors instead).
 
 
 def _empty_like_contiguous(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
     return torch.empty(t.shape, dtype=dtype or t.dtype, device=t.device)
 
 
-@torch.library.custom_op(
-    "grokcopy::rms_norm",
-    mutates_args=(),
-    schema="(Tensor x, Tensor weight, float eps, ScalarType? out_dtype) -> Tensor",
-)
-def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None) -> torch.Tensor:
-    return rms_norm_forward(x, weight, eps, out_dtype=out_dtype)[0]
+def _rstd_like(x: torch.Tensor) -> torch.Tensor:
+    return torch.empty((x.numel() // x.shape[-1],), dtype=torch.float32, device=x.device)
 
 
-@_rms_norm_op.register_fake
-def _(x, weight, eps, out_dtype):
-    return _empty_like_contiguous(x, out_dtype or x.dtype)
+def _rms_norm_fake(x, weight, eps, out_dtype):
+    return _empty_like_contiguous(x, out_dtype or x.dtype), _rstd_like(x)
 
 
-@torch.library.custom_op(
-    "grokcopy::fused_add_rms_norm",
-    mutates_args=(),
-    schema="(Tensor x, Tensor residual, Tensor weight, float eps, ScalarType? out_dtype) -> (Tensor, Tensor)",
-)
-def _fused_add_rms_norm_op(
-    x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float, out_dtype: torch.dtype | None
-) -> tuple[torch.Tensor, torch.Tensor]:
+@kernel_op("rms_norm", _rms_norm_fake)
+def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 out_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    y, _, rstd = rms_norm_forward(x, weight, eps, out_dtype=out_dtype)
+    return y, rstd
+
+
+def _fused_add_rms_norm_fake(x, residual, weight, eps, out_dtype):
+    norm_dtype = normalised_dtype(x, residual)
+    return _empty_like_contiguous(x, out_dtype or norm_dtype), _empty_like_contiguous(x, norm_dtype), _rstd_like(x)
+
+
+@kernel_op("fused_add_rms_norm", _fused_add_rms_norm_fake)
+def _fused_add_rms_norm_op(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, eps: float,
+                           out_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return rms_norm_forward(x, weight, eps, residual, out_dtype)
 
 
-@_fused_add_rms_norm_op.register_fake
-def _(x, residual, weight, eps, out_dtype):
-    norm_dtype = normalised_dtype(x, residual)
-    return _empty_like_contiguous(x, out_dtype or norm_dtype), _empty_like_contiguous(x, norm_dtype)
+def _rms_norm_backward_fake(dy, x, weight, rstd, eps, residual_grad, branch_dtype):
+    dx_branch = _empty_like_contiguous(x, branch_dtype) if branch_dtype is not None else x.new_empty((0,))
+    return _empty_like_contiguous(x), dx_branch, _empty_like_contiguous(weight)
 
 
-@torch.library.custom_op(
-    "grokcopy::rms_norm_backward",
-    mutates_args=(),
-    schema="(Tensor dy, Tensor x, Tensor weight, float eps, Tensor? residual_grad) -> (Tensor, Tensor)",
-)
-def _rms_norm_backward_op(
-    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, eps: float, residual_grad: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    return rms_norm_backward(dy, x, weight, eps, residual_grad)
-
-
-@_rms_norm_backward_op.register_fake
-def _(dy, x, weight, eps, residual_grad):
-    return _empty_like_contiguous(x), _empty_like_contiguous(weight)
+@kernel_op("rms_norm_backward", _rms_norm_backward_fake)
+def _rms_norm_backward_op(dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor, eps: float,
+                          residual_grad: torch.Tensor | None,
+                          branch_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    dx, dx_branch, dweight = rms_norm_backward(dy, x, weight, rstd, eps, residual_grad, branch_dtype)
+    # ops return tensors, not None, and their outputs may not alias: an empty stand-in
+    return dx, dx_branch if dx_branch is not None else x.new_empty((0,)), dweight
 
 
 def _rms_norm_setup_context(ctx, inputs, output):
     x, weight, eps, _ = inputs
-    ctx.save_for_backward(x, weight)
+    ctx.save_for_backward(x, weight, output[1])
     ctx.eps = eps
+    ctx.mark_non_differentiable(output[1])
 
 
-def _rms_norm_grad(ctx, dy):
-    x, weight = ctx.saved_tensors
-    dx, dweight = _rms_norm_backward_op(dy, x, weight, ctx.eps, None)
+def _rms_norm_grad(ctx, dy, _drstd):
+    x, weight, rstd = ctx.saved_tensors
+    dx, _, dweight = _rms_norm_backward_op(dy, x, weight, rstd, ctx.eps, None, None)
     return dx, dweight, None, None
 
 
 def _fused_add_rms_norm_setup_context(ctx, inputs, output):
     x, residual, weight, eps, _ = inputs
     # Backward needs the normalised input, which is exactly the new residual (an output).
-    ctx.save_for_backward(output[1], weight)
+    ctx.save_for_backward(output[1], weight, output[2])
     ctx.eps = eps
     ctx.x_dtype, ctx.residual_dtype = x.dtype, residual.dtype
+    ctx.mark_non_differentiable(output[2])
 
 
-def _fused_add_rms_norm_grad(ctx, dy, dres):
-    new_residual, weight = ctx.saved_tensors
-    ds, dweight = _rms_norm_backward_op(dy, new_residual, weight, ctx.eps, dres)
+def _fused_add_rms_norm_grad(ctx, dy, dres, _drstd):
+    new_residual, weight, rstd = ctx.saved_tensors
     # new_residual = x + residual, so both inputs receive ds, each in its own dtype (a bf16 branch
     # added to an fp32 residual stream gets a bf16 gradient, as torch's `x + residual` would give).
-    return ds.to(ctx.x_dtype), ds.to(ctx.residual_dtype), dweight, None, None
+    # The kernel writes ds in new_residual's dtype and, where x's differs, a second time in x's.
+    branch_dtype = ctx.x_dtype if ctx.x_dtype != new_residual.dtype else None
+    ds, ds_branch, dweight = _rms_norm_backward_op(dy, new_residual, weight, rstd, ctx.eps, dres, branch_dtype)
+    dx = ds_branch if branch_dtype is not None else ds
+    return dx, ds.to(ctx.residual_dtype), dweight, None, None
 
 
 _rms_norm_op.register_autograd(_rms_norm_grad, setup_context=_rms_norm_setup_context)
@@ -461,7 +585,7 @@ def rms_norm(
         in fp32 and returned in weight's dtype.
     """
     _check("rms_norm", x, weight, out_dtype=out_dtype)
-    return _rms_norm_op(x, weight, eps, out_dtype)
+    return _rms_norm_op(x, weight, eps, out_dtype)[0]
 
 
 def fused_add_rms_norm(
@@ -488,4 +612,4 @@ def fused_add_rms_norm(
         gradients flowing from both outputs.
     """
     _check("fused_add_rms_norm", x, weight, residual, out_dtype)
-    return _fused_add_rms_norm_op(x, residual, weight, eps, out_dtype)
+    return _fused_add_rms_norm_op(x, residual, weight, eps, out_dtype)[:2]

@@ -11,8 +11,8 @@ sigmoid(gate) from the saved inputs instead of keeping silu(gate) from the forwa
 cost an extra [..., I] tensor of activation memory and a write plus a read, to save a few flops
 in a kernel that is bound by memory traffic anyway.
 
-The ops are `torch.library.custom_op`s with fake implementations and `register_autograd`, so
-`torch.compile` traces them without graph breaks (see kernels/rms_norm.py for why not triton_op).
+The ops are registered by `kernel_op` (kernels/_common.py) with `register_autograd`: on a GPU
+`torch.compile` sees the kernels themselves (triton_op), under the interpreter opaque custom ops.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from grokcopy.kernels._common import as_rows, cast_rne, check_inputs
+from grokcopy.kernels._common import as_rows, cast_rne, check_inputs, kernel_op, launch
 from grokcopy.kernels.reference import swiglu_reference  # noqa: F401 (re-exported)
 
 # Elements per program and warps per program for these elementwise kernels: 16 values per thread,
@@ -30,6 +30,21 @@ TILE_ELEMENTS = 4096
 NUM_WARPS = 8
 # Widest column block; wider rows are split across the grid's second axis.
 MAX_BLOCK_N = 1024
+
+
+@triton.jit
+def _tile_indices(n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Row and column indices of this program's tile. The grid is 1-D with the column blocks
+    fastest: programs launched together cover whole [BLOCK_M, n_cols] row bands, so the resident
+    programs read (and write) each tensor in runs of n_cols contiguous elements. With rows fastest
+    (the first launch order) they swept one BLOCK_N-column stripe down the rows instead: every
+    tensor was read at a row stride of n_cols (22 KB for I = 11008 in bf16), in 2 KB pieces. 1-D
+    also because a grid's second axis stops at 65535 blocks."""
+    n_col_blocks = tl.cdiv(n_cols, BLOCK_N)
+    pid = tl.program_id(0)
+    rows = (pid // n_col_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = (pid % n_col_blocks) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return rows, cols
 
 
 @triton.jit
@@ -46,8 +61,7 @@ def swiglu_fwd_kernel(
     BLOCK_N: tl.constexpr,
 ):
     """out = silu(gate) * up on one [BLOCK_M, BLOCK_N] tile of the [n_rows, n_cols] problem."""
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows, cols = _tile_indices(n_cols, BLOCK_M, BLOCK_N)
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
     rows = rows.to(tl.int64)[:, None]  # rows * stride can pass 2**31 (65536 tokens x 2 x 16384)
     cols = cols[None, :]
@@ -81,8 +95,7 @@ def swiglu_bwd_kernel(
     With s = sigmoid(g): d silu(g) / dg = s + g * s * (1 - s) = s * (1 + g * (1 - s)), so
         dup = dout * g * s,    dgate = dout * up * s * (1 + g * (1 - s)).
     """
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows, cols = _tile_indices(n_cols, BLOCK_M, BLOCK_N)
     mask = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
     rows = rows.to(tl.int64)[:, None]
     cols = cols[None, :]
@@ -97,10 +110,10 @@ def swiglu_bwd_kernel(
     tl.store(dup_ptr + rows * stride_dup + cols, cast_rne(dup, dup_ptr.dtype.element_ty), mask=mask)
 
 
-def _grid_and_blocks(n_rows: int, n_cols: int) -> tuple[tuple[int, int], int, int]:
+def _grid_and_blocks(n_rows: int, n_cols: int) -> tuple[tuple[int], int, int]:
     block_n = min(triton.next_power_of_2(n_cols), MAX_BLOCK_N)
     block_m = max(1, TILE_ELEMENTS // block_n)
-    return (triton.cdiv(n_rows, block_m), triton.cdiv(n_cols, block_n)), block_m, block_n
+    return (triton.cdiv(n_rows, block_m) * triton.cdiv(n_cols, block_n),), block_m, block_n
 
 
 def swiglu_forward(gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor) -> None:
@@ -109,7 +122,7 @@ def swiglu_forward(gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor) -> N
     if gate.numel() == 0:
         return
     grid, block_m, block_n = _grid_and_blocks(n_rows, n_cols)
-    swiglu_fwd_kernel[grid](
+    launch(swiglu_fwd_kernel)[grid](
         gate,
         up,
         out,
@@ -132,7 +145,7 @@ def swiglu_backward(
     if gate.numel() == 0:
         return
     grid, block_m, block_n = _grid_and_blocks(n_rows, n_cols)
-    swiglu_bwd_kernel[grid](
+    launch(swiglu_bwd_kernel)[grid](
         dout,
         gate,
         up,
@@ -162,24 +175,26 @@ def _empty(shape, like: torch.Tensor) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------------------------
-# torch.library registration (explicit schemas; fake implementations describe outputs only).
+# torch.library registration (kernels/_common.py `kernel_op`: triton_op on a GPU, custom_op under
+# the interpreter; schemas from the annotations; fake implementations describe outputs only).
 
 
-@torch.library.custom_op("grokcopy::swiglu", mutates_args=(), schema="(Tensor gate, Tensor up) -> Tensor")
+def _swiglu_fake(gate, up):
+    return _empty(gate.shape, gate)
+
+
+@kernel_op("swiglu", _swiglu_fake)
 def _swiglu_op(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     out = _empty(gate.shape, gate)
     swiglu_forward(as_rows(gate), as_rows(up), out.view(-1, gate.shape[-1]))
     return out
 
 
-@_swiglu_op.register_fake
-def _(gate, up):
-    return _empty(gate.shape, gate)
+def _swiglu_backward_fake(dout, gate, up):
+    return _empty(gate.shape, gate), _empty(gate.shape, gate)
 
 
-@torch.library.custom_op(
-    "grokcopy::swiglu_backward", mutates_args=(), schema="(Tensor dout, Tensor gate, Tensor up) -> (Tensor, Tensor)"
-)
+@kernel_op("swiglu_backward", _swiglu_backward_fake)
 def _swiglu_backward_op(dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     dgate, dup = _empty(gate.shape, gate), _empty(gate.shape, gate)
     n_cols = gate.shape[-1]
@@ -187,36 +202,27 @@ def _swiglu_backward_op(dout: torch.Tensor, gate: torch.Tensor, up: torch.Tensor
     return dgate, dup
 
 
-@_swiglu_backward_op.register_fake
-def _(dout, gate, up):
-    return _empty(gate.shape, gate), _empty(gate.shape, gate)
+def _swiglu_packed_fake(gate_up):
+    return _empty((*gate_up.shape[:-1], gate_up.shape[-1] // 2), gate_up)
 
 
-@torch.library.custom_op("grokcopy::swiglu_packed", mutates_args=(), schema="(Tensor gate_up) -> Tensor")
+@kernel_op("swiglu_packed", _swiglu_packed_fake)
 def _swiglu_packed_op(gate_up: torch.Tensor) -> torch.Tensor:
     out = _empty((*gate_up.shape[:-1], gate_up.shape[-1] // 2), gate_up)
     swiglu_forward(*_split(as_rows(gate_up)), out.view(-1, out.shape[-1]))
     return out
 
 
-@_swiglu_packed_op.register_fake
-def _(gate_up):
-    return _empty((*gate_up.shape[:-1], gate_up.shape[-1] // 2), gate_up)
+def _swiglu_packed_backward_fake(dout, gate_up):
+    return _empty(gate_up.shape, gate_up)
 
 
-@torch.library.custom_op(
-    "grokcopy::swiglu_packed_backward", mutates_args=(), schema="(Tensor dout, Tensor gate_up) -> Tensor"
-)
+@kernel_op("swiglu_packed_backward", _swiglu_packed_backward_fake)
 def _swiglu_packed_backward_op(dout: torch.Tensor, gate_up: torch.Tensor) -> torch.Tensor:
     d_gate_up = _empty(gate_up.shape, gate_up)
     # Both halves of the one gradient are written by the same kernel launch, through views.
     swiglu_backward(as_rows(dout), *_split(as_rows(gate_up)), *_split(d_gate_up.view(-1, gate_up.shape[-1])))
     return d_gate_up
-
-
-@_swiglu_packed_backward_op.register_fake
-def _(dout, gate_up):
-    return _empty(gate_up.shape, gate_up)
 
 
 def _swiglu_setup_context(ctx, inputs, output):

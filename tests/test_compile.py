@@ -4,6 +4,11 @@ graph break) and differentiates through its registered backward, giving eager's 
 aot_eager runs the traced forward and backward graphs without inductor's code generation: that is
 what checks the registration (fake implementations, autograd), and it runs under the interpreter."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from kernel_testing import DEVICE
@@ -11,6 +16,7 @@ from kernel_testing import DEVICE
 from grokcopy import kernels
 from grokcopy.evals.targets import induction_targets
 
+ROOT = Path(__file__).resolve().parents[1]
 B, H, T, D = 2, 2, 24, 16
 
 
@@ -100,3 +106,79 @@ def test_float_scalars_are_fp32_inside_the_kernels(op):
         torch.testing.assert_close(b, a, rtol=0, atol=0)
     for a, b in zip(fp32_in, fp64_in, strict=True):
         torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0)
+
+
+@pytest.mark.slow  # inductor writes and compiles C++ for the torch ops: ~25 s on 2 idle cores
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # inductor's own use of a deprecated torch.jit API
+def test_compiled_llama_on_every_triton_backend_matches_eager():
+    """`--compile` with attention, norm and MLP all on Triton: a 2-layer Llama (the second without
+    RoPE, as tiny's last) under bf16 autocast, compiled by inductor, forward and backward, gives
+    eager's loss and gradients. Under the interpreter the kernels are opaque ops in inductor's graph
+    (kernels/_common.py kernel_op); inductor compiles the rest (RoPE, residual adds, the loss)."""
+    from grokcopy.model import Llama, LlamaConfig
+
+    torch._dynamo.reset()
+    shape = dict(vocab_size=61, n_layers=2, n_heads=4, n_kv_heads=2, d_model=64, d_mlp=128, context=32, nope_every=2)
+    model = Llama(LlamaConfig(**shape, attention="triton", norm="triton", mlp="triton")).to(DEVICE)
+    idx = torch.randint(0, shape["vocab_size"], (2, 17), device=DEVICE)
+
+    def loss_and_grads(fn):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast(DEVICE, dtype=torch.bfloat16):
+            logits = fn(idx[:, :-1])
+        loss = torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), idx[:, 1:].flatten())
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    eager_loss, eager_grads = loss_and_grads(model)
+    compiled_loss, compiled_grads = loss_and_grads(torch.compile(model, backend="inductor", fullgraph=True))
+    # inductor fuses the torch ops around the kernels in another order than eager: bf16-level agreement
+    torch.testing.assert_close(compiled_loss, eager_loss, rtol=1e-3, atol=0)
+    for name, grad in eager_grads.items():
+        err = ((compiled_grads[name] - grad).norm() / grad.norm()).item()
+        assert err < 2e-2, f"{name}: gradient relative error {err:.2e}"
+    torch._dynamo.reset()
+
+
+CHILD_ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+TRACE_ON_THE_GPU_PATH = """
+import torch
+from torch._dynamo.backends.common import aot_autograd
+from bench.static_sm90 import compile_only
+from grokcopy import kernels
+from grokcopy.evals.targets import induction_targets
+
+graphs = []
+capture = aot_autograd(fw_compiler=lambda gm, _: graphs.append(gm.code) or gm,
+                       bw_compiler=lambda gm, _: graphs.append(gm.code) or gm)
+leaf = lambda *shape, dtype=torch.bfloat16: torch.randn(shape).to(dtype).requires_grad_()
+x, residual, w = leaf(8, 64), leaf(8, 64, dtype=torch.float32), leaf(64)
+gate_up, gate, up = leaf(8, 96), leaf(8, 48), leaf(8, 48)
+q, k, v = leaf(1, 2, 32, 64), leaf(1, 1, 32, 64), leaf(1, 1, 32, 64)
+targets = induction_targets(torch.randint(0, 5, (1, 32)))
+
+def step(x, residual, w, gate_up, gate, up, q, k, v):
+    y, new_residual = kernels.fused_add_rms_norm(x, residual, w, 1e-6, out_dtype=torch.bfloat16)
+    out = kernels.flash_attention_with_stats(q, k, v, targets)[0] + kernels.flash_attention(q, k, v)
+    return (kernels.rms_norm(new_residual, w).sum() + y.sum() + kernels.swiglu_packed(gate_up).sum()
+            + kernels.swiglu(gate, up).sum() + out.sum())
+
+with compile_only([], compile=False):  # launches compile nothing: only the trace is under test
+    torch.compile(step, backend=capture, fullgraph=True)(x, residual, w, gate_up, gate, up, q, k, v).backward()
+code = "\\n".join(graphs)
+print("opaque:", code.count("torch.ops.grokcopy"), "kernels:", code.count("triton_kernel_wrapper_functional("))
+"""
+
+
+def test_compile_traces_into_the_kernels_on_the_gpu_path():
+    """Without the interpreter (a GPU's path) the ops are triton_ops: torch.compile's graphs hold the
+    Triton kernels themselves, forward and backward, and no opaque grokcopy op. Checked on the CPU
+    in a child process with the interpreter off, the stand-in sm_90 driver of bench/static_sm90.py
+    and launches that compile nothing; what inductor then generates needs a GPU to run."""
+    proc = subprocess.run([sys.executable, "-c", TRACE_ON_THE_GPU_PATH], cwd=ROOT, env=CHILD_ENV,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    # forward: 2 norms, 2 attention forwards, 2 SwiGLUs = 6 launches; backward: 2 norm backwards with
+    # a dweight reduction each, 2 attention backwards of 3 kernels each, 2 SwiGLU backwards
+    opaque, launches = (int(n) for n in proc.stdout.split()[1::2])
+    assert opaque == 0 and launches == 6 + 2 * 2 + 2 * 3 + 2, proc.stdout

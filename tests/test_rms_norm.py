@@ -8,7 +8,13 @@ import torch
 from kernel_testing import DEVICE, assert_rel_close, float64_leaf, make
 
 from grokcopy.kernels import fused_add_rms_norm, rms_norm
-from grokcopy.kernels.rms_norm import MAX_ROW, fused_add_rms_norm_reference, rms_norm_reference
+from grokcopy.kernels.rms_norm import (
+    BACKWARDS,
+    MAX_ROW,
+    fused_add_rms_norm_reference,
+    rms_norm_backward,
+    rms_norm_reference,
+)
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 # Relative-error bounds (‖out − ref‖ / ‖ref‖ against float64). Every output is rounded to its
@@ -43,13 +49,23 @@ CASES = [
 ]
 
 
+@pytest.fixture(params=BACKWARDS)
+def backward(request, monkeypatch):
+    """Each backward kind in turn (the ops launch kernels.rms_norm.BACKWARD): both must stay correct
+    until a GPU has compared them."""
+    import importlib
+
+    monkeypatch.setattr(importlib.import_module("grokcopy.kernels.rms_norm"), "BACKWARD", request.param)
+    return request.param
+
+
 def make_weight(d, dtype):
     return (1.0 + 0.1 * torch.randn(d, device=DEVICE)).to(dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,layout,eps,scale", CASES)
-def test_rms_norm_matches_float64_reference(poisoned_empty, shape, layout, eps, scale, dtype):
+def test_rms_norm_matches_float64_reference(poisoned_empty, backward, shape, layout, eps, scale, dtype):
     x = make(shape, dtype, layout, scale).requires_grad_()
     weight = make_weight(shape[-1], dtype).requires_grad_()
     dy = make(shape, dtype, layout)
@@ -70,7 +86,7 @@ def test_rms_norm_matches_float64_reference(poisoned_empty, shape, layout, eps, 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,layout,eps,scale", CASES)
-def test_fused_add_rms_norm_matches_float64_reference(poisoned_empty, shape, layout, eps, scale, dtype):
+def test_fused_add_rms_norm_matches_float64_reference(poisoned_empty, backward, shape, layout, eps, scale, dtype):
     x = make(shape, dtype, layout, scale).requires_grad_()
     residual = make(shape, dtype, layout, scale).requires_grad_()
     weight = make_weight(shape[-1], dtype).requires_grad_()
@@ -94,7 +110,7 @@ def test_fused_add_rms_norm_matches_float64_reference(poisoned_empty, shape, lay
 
 
 @pytest.mark.parametrize("shape", [(4, 768), (2, 3, 1000), (6, 127)], ids=["D768", "3d", "D127"])
-def test_mixed_precision_matches_float64_reference(poisoned_empty, shape):
+def test_mixed_precision_matches_float64_reference(poisoned_empty, backward, shape):
     """The model's autocast policy (model/llama.py): a bf16 branch x added to the fp32 residual
     stream with an fp32 weight, y written in bf16 for the next matmul. The sum and the statistics
     stay fp32, so y carries one bf16 rounding, new_residual and the residual/weight gradients fp32
@@ -183,6 +199,29 @@ def test_fused_output_is_rms_norm_of_the_stored_sum(dtype):
     assert torch.equal(y, rms_norm(new_residual, weight))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(37, 768), (2, 1300, 3), (5, 4097)], ids=["37x768", "2600x3", "5x4097"])
+def test_forward_saves_fp32_rstd_and_the_streaming_backward_reads_it(shape, dtype):
+    """The forward's second output is 1 / rms of each (rounded) normalised row in fp32; the
+    streaming backward reads it instead of recomputing it (a wrong rstd changes its dx, not the
+    recomputing backward's), at row counts that are no multiple of the rows a program steps over
+    (4096 // D) and at odd widths."""
+    x, residual, weight = make(shape, dtype), make(shape, torch.float32), make_weight(shape[-1], torch.float32)
+    y, rstd = torch.ops.grokcopy.rms_norm(x, weight, 1e-6, None)
+    _, new_residual, fused_rstd = torch.ops.grokcopy.fused_add_rms_norm(x, residual, weight, 1e-6, torch.bfloat16)
+    for row, saved in ((x, rstd), (new_residual, fused_rstd)):
+        expected = torch.rsqrt(row.double().pow(2).mean(-1) + 1e-6).flatten()
+        assert saved.dtype == torch.float32 and saved.shape == (row.numel() // shape[-1],)
+        assert_rel_close(saved, expected, 1e-6, "rstd")
+
+    dy = make(shape, dtype)
+    for kind, reads_rstd in (("streaming", True), ("recompute", False)):
+        dx, _, dweight = rms_norm_backward(dy, x, weight, rstd, 1e-6, backward=kind)
+        dx_wrong, _, dweight_wrong = rms_norm_backward(dy, x, weight, rstd * 2, 1e-6, backward=kind)
+        assert torch.equal(dx, dx_wrong) != reads_rstd, kind
+        assert torch.equal(dweight, dweight_wrong) != reads_rstd, kind
+
+
 def test_zero_rows():
     x, weight = make((0, 64), torch.float32).requires_grad_(), make_weight(64, torch.float32).requires_grad_()
     y = rms_norm(x, weight)
@@ -263,13 +302,13 @@ def test_bad_arguments_raise_clear_errors(call, error, match):
         ),
         (
             "rms_norm_backward",
-            lambda: (
-                make((3, 40), torch.float32),
-                make((3, 40), torch.float32),
-                make_weight(40, torch.float32),
-                1e-6,
-                None,
-            ),
+            lambda: (make((3, 40), torch.float32), make((3, 40), torch.float32), make_weight(40, torch.float32),
+                     torch.rand(3, device=DEVICE) + 0.5, 1e-6, None, None),
+        ),
+        (  # the fused op's backward under the model's mixed precision: ds fp32 plus a bf16 copy for the branch
+            "rms_norm_backward",
+            lambda: (make((3, 40), torch.bfloat16), make((3, 40), torch.float32), make_weight(40, torch.float32),
+                     torch.rand(3, device=DEVICE) + 0.5, 1e-6, make((3, 40), torch.float32), torch.bfloat16),
         ),
     ],
 )
@@ -318,21 +357,21 @@ def test_torch_compile_traces_without_graph_breaks():
 
 @pytest.mark.skipif(DEVICE != "cpu", reason="swaps the autotune list, which only the interpreter runs one by one")
 @pytest.mark.parametrize("with_residual", [False, True], ids=["plain", "fused"])
-def test_every_gpu_launch_config_covers_every_row_once(monkeypatch, with_residual):
+def test_every_gpu_launch_config_covers_every_row_once(monkeypatch, backward, with_residual):
     """The GPU's autotune lists, each config run alone under the interpreter with 3 stand-in SMs:
     every row is normalised once and every program's partial dweight is summed, whatever the tile
-    (rows per tile) and programs per SM, for row counts that leave programs with no rows."""
+    (rows per tile), programs per SM and stages, for row counts that leave programs with no rows."""
     import importlib
-
-    from triton import Config
 
     module = importlib.import_module("grokcopy.kernels.rms_norm")  # the attribute is the function
 
     monkeypatch.setattr(module, "_sm_count", lambda device: 3)
-    fwd, bwd = module.rms_norm_fwd_kernel, module.rms_norm_bwd_kernel
-    for (tile, w), (btile, bw, pps) in zip(module._FWD_SHAPES, module._BWD_SHAPES, strict=True):
-        monkeypatch.setattr(fwd, "configs", [Config({"TILE": tile}, num_warps=w)])
-        monkeypatch.setattr(bwd, "configs", [Config({"TILE": btile, "PROGRAMS_PER_SM": pps}, num_warps=bw)])
+    fwd, bwd = module.rms_norm_fwd_kernel, module.BWD_KERNELS[backward]
+    gpu_fwd, gpu_bwd = module.gpu_fwd_configs(), module.gpu_bwd_configs(backward == "streaming")
+    for i, bwd_config in enumerate(gpu_bwd):
+        fwd_config = gpu_fwd[i % len(gpu_fwd)]
+        monkeypatch.setattr(fwd, "configs", [fwd_config])
+        monkeypatch.setattr(bwd, "configs", [bwd_config])
         for shape in [(37, 768), (5, 4097), (2, 3)]:
             x = make(shape, torch.float32).requires_grad_()
             weight = make_weight(shape[-1], torch.float32).requires_grad_()
@@ -346,7 +385,7 @@ def test_every_gpu_launch_config_covers_every_row_once(monkeypatch, with_residua
                 y, y64 = rms_norm(x, weight, 1e-6), rms_norm_reference(x64, w64, 1e-6)
             dx, dweight = torch.autograd.grad(y, (x, weight), dy)
             dx64, dw64 = torch.autograd.grad(y64, (x64, w64), dy.double())
-            label = f"TILE {tile}/{btile} PROGRAMS_PER_SM {pps} shape {shape}"
+            label = f"{fwd_config} / {bwd_config}, shape {shape}"
             assert_rel_close(y, y64, TOL[torch.float32], f"y, {label}")
             assert_rel_close(dx, dx64, TOL[torch.float32], f"dx, {label}")
             assert_rel_close(dweight, dw64, TOL[torch.float32], f"dweight, {label}")
