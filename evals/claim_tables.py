@@ -22,6 +22,7 @@ from grokcopy.evals.onset_predictor import (
     LEADS,
     RunSeries,
     config_seed_error,
+    fit_elsewhere,
     leave_one_seed_out,
     score,
     surged,
@@ -75,8 +76,12 @@ def regime_lines(runs: list[RunSeries]) -> list[str]:
     return lines
 
 
-def forecast_lines(runs: list[RunSeries], leads: tuple[int, ...] = LEADS) -> list[str]:
-    """Claim 5: every forecaster's leave-one-seed-out error at each lead, with the yardsticks."""
+def forecast_lines(runs: list[RunSeries], leads: tuple[int, ...] = LEADS,
+                   fitted_on: list[RunSeries] | None = None) -> list[str]:
+    """Claim 5: every forecaster's leave-one-seed-out error at each lead, with the yardsticks; with
+    `fitted_on` (other runs), fitted on those instead and scored on every run here."""
+    if fitted_on is not None:
+        return transfer_lines(fitted_on, runs, leads)
     if len({r.seed for r in runs}) < 2 or len(surged(runs)) < 3:
         return []
     spread, spread_n = config_seed_error(runs)
@@ -103,6 +108,27 @@ def forecast_lines(runs: list[RunSeries], leads: tuple[int, ...] = LEADS) -> lis
     lines += ["", f"Seed spread: guessing each surged run's surge as the mean of the other seeds of its own "
               f"configuration errs by {'-' if spread is None else f'{spread:,.0f}'} steps on average "
               f"({spread_n} runs)."]
+    return lines
+
+
+def transfer_lines(train: list[RunSeries], test: list[RunSeries], leads: tuple[int, ...] = LEADS) -> list[str]:
+    """Claim 5 across grids: every forecaster fitted on `train`, scored on `test`."""
+    if len(surged(train)) < 3 or not test:
+        return []
+    lead_cols = " | ".join(f"error {lead:,} steps ahead" for lead in leads)
+    lines = ["", "## Forecasting the copy surge (fitted on other runs)", "",
+             f"Each forecaster is fitted on {len(train)} other runs ({len(surged(train))} with a surge; "
+             f"`--forecast-from`) and forecasts these {len(test)} ({len(surged(test))} with a surge), as in the "
+             "leave-one-seed-out table: mean absolute error in steps (runs scored).", "",
+             f"| forecaster | {lead_cols} | false alarms | level + lag |", "|---|" + "---|" * len(leads) + "---|---|"]
+    for make in FORECASTERS.values():
+        result = score(fit_elsewhere(train, test, make, leads), leads)
+        errors = " | ".join("-" if result.mae[lead] is None else f"{result.mae[lead]:,.0f} ({result.scored[lead]})"
+                            for lead in leads)
+        fitted = make().fit(train)
+        level = (f"{abs(fitted.level):g} + {fitted.lag:,.0f}" if getattr(fitted, "level", None) is not None
+                 else "-" if hasattr(fitted, "level") else "")
+        lines.append(f"| {fitted.name} | {errors} | {result.false_alarms} of {result.censored} | {level} |")
     return lines
 
 

@@ -23,7 +23,8 @@ Forecasters (each fitted on the training runs alone):
   surges, B_noise pooled from this run's own records so far (evals/noise_scale.py).
 
 `leave_one_seed_out(runs, forecaster, leads)` fits on every seed but one, forecasts the held-out
-seed's runs, and returns per-run `Forecast`s; `score` turns them into mean absolute errors in
+seed's runs, and returns per-run `Forecast`s (`fit_elsewhere` fits on one set of runs, another grid,
+and forecasts another); `score` turns them into mean absolute errors in
 steps. `config_seed_error` is the yardstick: the error of guessing a run's surge as the mean of the
 *other* seeds of its own configuration, i.e. the seed spread itself.
 """
@@ -268,6 +269,13 @@ def leave_one_seed_out(runs: list[RunSeries], make: Callable[[], Forecaster],
         forecaster = make().fit(train)
         out += [forecasts_for(r, forecaster, leads) for r in runs if r.seed == seed]
     return out
+
+
+def fit_elsewhere(train: list[RunSeries], test: list[RunSeries], make: Callable[[], Forecaster],
+                  leads: tuple[int, ...] = LEADS) -> list[Forecast]:
+    """Fit one forecaster on `train` (another grid, say) and forecast every run of `test`."""
+    forecaster = make().fit(train)
+    return [forecasts_for(r, forecaster, leads) for r in test]
 
 
 @dataclass

@@ -326,9 +326,10 @@ def seed_spread(rows: list[dict]) -> list[str]:
 
 
 def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_THRESHOLD,
-                 onset: str = "copy_onset") -> Path:
+                 onset: str = "copy_onset", forecast_from: list[Path] | None = None) -> Path:
     """All figures and OUT/report.md for `run_dirs`; returns the markdown's path. `onset` (copy_onset
-    or copy_surge) is the step the onset-vs-LR figures draw."""
+    or copy_surge) is the step the onset-vs-LR figures draw. `forecast_from`: run directories (another
+    grid) to fit the surge forecasters on, instead of leaving one seed of these out."""
     out.mkdir(parents=True, exist_ok=True)
     runs, rows, series = {}, [], []
     for run_dir in run_dirs:
@@ -392,7 +393,8 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
                      f"| {_fmt(r['copy_surge'])} | {layers} |")
     lines += seed_spread(rows)
     lines += onset_law_lines(rows, onset)
-    lines += plateau_lines(series) + regime_lines(series) + forecast_lines(series)
+    fitted_on = None if forecast_from is None else [run_series(d.name, *load_run(d)) for d in forecast_from]
+    lines += plateau_lines(series) + regime_lines(series) + forecast_lines(series, fitted_on=fitted_on)
     lines += ["", "## Figures", ""]
     lines += [f"![{f}]({f})" for f in figures]
     for r in rows:
@@ -410,8 +412,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threshold", type=float, default=INDUCTION_THRESHOLD, help="induction onset threshold")
     parser.add_argument("--onset", default="copy_onset", choices=sorted(ONSET_NAMES),
                         help="the onset the onset-vs-LR figures draw (default copy_onset)")
+    parser.add_argument("--forecast-from", nargs="+", type=Path, default=None, metavar="RUN",
+                        help="run directories (another grid) to fit the surge forecasters on; default: "
+                             "leave one seed of RUNS out")
     args = parser.parse_args(argv)
-    print(write_report(args.runs, args.out, args.threshold, args.onset))
+    print(write_report(args.runs, args.out, args.threshold, args.onset, args.forecast_from))
     return 0
 
 

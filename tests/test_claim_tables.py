@@ -24,3 +24,12 @@ def test_claim_sections_one_row_per_run_and_the_forecasters_only_with_seeds():
     forecasts = forecast_lines(runs)
     assert any(line.startswith("| median surge step (trivial) |") for line in forecasts)
     assert forecast_lines([r for r in runs if r.seed == 0]) == []  # one seed: nothing to leave out
+
+
+def test_forecasters_fitted_on_another_grid_score_every_run_here():
+    train = [synthetic_run(c + 600, crossing=c, seed=s, name=f"old{s}") for s, c in enumerate((900, 1500, 2400))]
+    test = [synthetic_run(3600, crossing=3000, name="new0"), synthetic_run(None, name="new1")]
+    lines = forecast_lines(test, fitted_on=train)
+    row = next(line for line in lines if line.startswith("| previous-token score crossing"))
+    # lag 600 learnt on the old runs: exact 300 steps ahead; the run without a crossing is no false alarm
+    assert row.split(" | ")[1] == "0 (1)" and "0 of 1" in row

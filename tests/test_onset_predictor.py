@@ -11,6 +11,7 @@ from grokcopy.evals.onset_predictor import (
     PrecursorLag,
     TokensLaw,
     config_seed_error,
+    fit_elsewhere,
     forecasts_for,
     leave_one_seed_out,
     run_series,
@@ -122,3 +123,10 @@ def test_config_seed_error_is_the_seed_spread_in_steps():
     assert n == 3
     assert error == pytest.approx(np.mean([abs(1200 - 2400), abs(1800 - 2100), abs(3000 - 1500)]))
     assert math.isfinite(error)
+
+
+def test_fit_elsewhere_fits_once_on_the_other_runs():
+    train = [synthetic_run(s, seed=0) for s in (1200, 1800, 2400)]
+    test = [synthetic_run(4200, seed=0), synthetic_run(1200, seed=1)]
+    forecasts = fit_elsewhere(train, test, MedianSurge, leads=(300,))
+    assert [f.at_lead[300][1] for f in forecasts] == [4200 + 300, 1800]  # none later than 3900: the next eval
