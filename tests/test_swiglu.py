@@ -28,6 +28,8 @@ CASES = [
     pytest.param((4, 1000), "contiguous", "contiguous", 1.0, id="I1000"),
     # 4097 columns span five column blocks, the last holding a single column.
     pytest.param((3, 4097), "contiguous", "contiguous", 1.0, id="I4097"),
+    # 3 row blocks x 3 column blocks, the last of each partial: the 1-D grid's (row, column) split
+    pytest.param((9, 2100), "contiguous", "contiguous", 1.0, id="row-and-column-blocks"),
     pytest.param((1, 768), "contiguous", "contiguous", 1.0, id="single-row"),
     pytest.param((2, 3, 1000), "contiguous", "contiguous", 1.0, id="3d"),
     # 2600 rows of 3: several row blocks, the last partly masked.
