@@ -2,10 +2,10 @@
 
 - claim 1, the plateau: how long before its copy surge each run's val loss was flat by
   evals/plateau.py's test (slope within k standard errors of zero over a window of evals);
-- claim 2, the critical batch: each run's batch against its own gradient noise scale B_noise (pooled up
-  to the surge, or over the whole run without one; evals/noise_scale.py), and the regime that puts it
-  in: below B_noise McCandlish et al.'s model says the surge costs a number of tokens, above it a
-  number of steps;
+- claim 2, the critical batch: each run's batch against its own gradient noise scale B_noise (pooled
+  over the 1,500 steps up to the surge, or up to the run's end without one; evals/noise_scale.py),
+  and the regime that puts it in: below B_noise McCandlish et al.'s model says the surge costs a
+  number of tokens, above it a number of steps;
 - claim 5, onset prediction: every forecaster of evals/onset_predictor.py scored leave-one-seed-out,
   against the seed spread and the trivial median.
 
@@ -58,21 +58,28 @@ def regime(batch: int, b_noise: float | None) -> str:
     return "tokens (B < B_noise)" if batch < b_noise else "steps (B > B_noise)"
 
 
+APPROACH_STEPS = 1500  # claim 2's B_noise: pooled over the steps just before the surge (5 evals of tiny)
+
+
 def regime_lines(runs: list[RunSeries]) -> list[str]:
     """Claim 2: each run's batch against its B_noise and the regime; empty when no run logged it."""
-    rows = [(run, pooled_noise_scale(run.evals, run.surge)) for run in runs]
     if not any(mk.GRAD_SQ in r for run in runs for r in run.evals):
         return []
     lines = ["", "## Claim 2: which side of the critical batch each run is on", "",
-             "B_noise: B_simple pooled up to the copy surge (the whole run without one), in sequences; "
-             "'not measurable': the pooled |G|^2 or tr(Sigma) estimate is not positive.", "",
-             "| run | batch | B_noise | batch / B_noise | regime | copy surge | surge in tokens (M) |",
-             "|---|---|---|---|---|---|---|"]
-    for run, b_noise in rows:
-        ratio = "-" if b_noise is None else f"{run.batch / b_noise:.2f}"
+             f"B_noise before the surge: B_simple pooled over the {APPROACH_STEPS:,} steps up to the copy surge (up "
+             "to the run's end without one), in sequences; the regime is read from it. From the start: pooled from "
+             "step 0, as the 2026-11-25 page did, which the first evals dominate (|G|^2 is largest early). "
+             "'-': not measurable (the pooled |G|^2 or tr(Sigma) estimate is not positive).", "",
+             "| run | batch | B_noise before the surge | batch / B_noise | regime | B_noise from the start "
+             "| copy surge | surge in tokens (M) |", "|---|---|---|---|---|---|---|---|"]
+    for run in runs:
+        end = run.surge if run.surge is not None else run.steps[-1]
+        near = pooled_noise_scale(run.evals, end, after_step=end - APPROACH_STEPS)
+        start = pooled_noise_scale(run.evals, run.surge)
+        ratio = "-" if near is None else f"{run.batch / near:.2f}"
         tokens = "-" if run.surge is None else f"{run.surge * run.batch * run.seq_len / 1e6:.1f}"
-        lines.append(f"| {run.name} | {run.batch} | {'-' if b_noise is None else f'{b_noise:.1f}'} | {ratio} | "
-                     f"{regime(run.batch, b_noise)} | {_step(run.surge)} | {tokens} |")
+        lines.append(f"| {run.name} | {run.batch} | {_number(near)} | {ratio} | {regime(run.batch, near)} | "
+                     f"{_number(start)} | {_step(run.surge)} | {tokens} |")
     return lines
 
 
@@ -130,6 +137,10 @@ def transfer_lines(train: list[RunSeries], test: list[RunSeries], leads: tuple[i
                  else "-" if hasattr(fitted, "level") else "")
         lines.append(f"| {fitted.name} | {errors} | {result.false_alarms} of {result.censored} | {level} |")
     return lines
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"
 
 
 def _step(step: int | None) -> str:

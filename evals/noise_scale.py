@@ -56,16 +56,21 @@ class NoiseScaleMeter:
         return result
 
 
-def pooled_noise_scale(records: list[dict], until_step: int | None = None) -> float | None:
+def pooled_noise_scale(records: list[dict], until_step: int | None = None, after_step: int | None = None
+                       ) -> float | None:
     """B_simple over a stretch of a run: the sum of tr(Sigma) over the sum of |G|^2 of the eval records
-    up to `until_step` (all when None), each weighted by the steps it averages. Pooling the two terms
+    up to `until_step` (all when None) and after `after_step` (from the start when None), each weighted
+    by the steps it averages. From the start, the first evals weigh most: early in training |G|^2 is
+    10-100x its later size, so the pooled value is mostly the warmup's; `after_step` measures a
+    stretch of its own (the approach to the surge, say). Pooling the two terms
     before the ratio, not averaging the ratios, keeps one noisy window (|G|^2 near 0) from dominating.
     None ("not measurable") when no record in the stretch holds them, or when either pooled estimate
     is not positive: both are differences of two noisy norms, and one at or below zero means the two
     batch sizes did not resolve it, not that the noise scale is zero or negative."""
     trace = g2 = 0.0
     for r in records:
-        if mk.GRAD_SQ not in r or (until_step is not None and r[mk.STEP] > until_step):
+        if mk.GRAD_SQ not in r or (until_step is not None and r[mk.STEP] > until_step) or (
+                after_step is not None and r[mk.STEP] <= after_step):
             continue
         trace += r[mk.GRAD_TRACE_COV] * r[mk.NOISE_SCALE_STEPS]
         g2 += r[mk.GRAD_SQ] * r[mk.NOISE_SCALE_STEPS]
