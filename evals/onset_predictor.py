@@ -20,7 +20,7 @@ Forecasters (each fitted on the training runs alone):
   training runs' mean absolute error). Before the crossing it answers "not before now + lag": the
   crossing has not come, and the surge comes a lag after it;
 - `CriticalBatchLaw`: McCandlish et al.'s S = S_min (1 + B_noise / B): S_min from the training runs'
-  surges, B_noise pooled from this run's own records so far (evals/noise_scale.py).
+  surges, B_noise pooled from this run's own records of the last 1,500 steps (evals/noise_scale.py).
 
 `leave_one_seed_out(runs, forecaster, leads)` fits on every seed but one, forecasts the held-out
 seed's runs, and returns per-run `Forecast`s (`fit_elsewhere` fits on one set of runs, another grid,
@@ -158,10 +158,12 @@ class TokensLaw(Forecaster):
 @dataclass
 class CriticalBatchLaw(Forecaster):
     """S = S_min (1 + B_noise / B), S_min the training runs' median of S / (1 + B_noise / B) with each
-    run's B_noise pooled up to its surge; this run's B_noise pooled over the prefix. Without a
+    run's B_noise pooled over the `window` steps up to its surge; this run's B_noise pooled over the
+    prefix's last `window` steps (from step 0 the warmup's large |G|^2 would dominate it). Without a
     measurable B_noise (yet) it answers as the tokens law does."""
 
-    name = "critical-batch law, B_noise so far"
+    name = "critical-batch law, B_noise of the last 1,500 steps"
+    window: int = 1500
     s_min: float = 0.0
     fallback: TokensLaw = field(default_factory=TokensLaw)
 
@@ -169,14 +171,14 @@ class CriticalBatchLaw(Forecaster):
         self.fallback.fit(runs)
         values = []
         for r in surged(runs):
-            b_noise = pooled_noise_scale(r.evals, r.surge)
+            b_noise = pooled_noise_scale(r.evals, r.surge, after_step=r.surge - self.window)
             if b_noise is not None:
                 values.append(r.surge / (1 + b_noise / r.batch))
         self.s_min = float(np.median(values)) if values else 0.0
         return self
 
     def forecast(self, prefix: RunSeries) -> float:
-        b_noise = pooled_noise_scale(prefix.evals)
+        b_noise = pooled_noise_scale(prefix.evals, after_step=prefix.steps[-1] - self.window) if prefix.evals else None
         if b_noise is None or not self.s_min:
             return self.fallback.forecast(prefix)
         now = prefix.steps[-1]
