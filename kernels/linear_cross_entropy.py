@@ -125,6 +125,7 @@ def linear_cross_entropy_forward(
     """(mean loss fp32 [], dx [N, D] or [0], dweight [V, D] or [0]) for x [N, D], weight [V, D] of
     one dtype and targets [N] int64; the gradients are of the mean loss, empty without compute_grads."""
     n_rows, vocab = x.shape[0], weight.shape[0]
+    targets = targets.contiguous()  # the kernel reads targets[row] at unit stride
     valid = targets != ignore_index
     n_valid = valid.sum()  # stays on the device: the kernel reads it, the mean divides by it
     row_loss = torch.empty(n_rows, dtype=torch.float32, device=x.device)
