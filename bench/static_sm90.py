@@ -16,7 +16,8 @@ block). The shapes are the model's: attention bf16 at head dim 64 (T = 1024) and
 plain and with statistics (2 targets, as --train-stats-every uses), each through pointers and through
 TMA descriptors (USE_TMA; the `tma` column says whether the PTX really issues cp.async.bulk.tensor);
 RMSNorm at D = 768, 4096, 8192 and 11008 (not a model width: it shows where the row-in-registers
-design stops); SwiGLU at I = 3072 and 11008.
+design stops), both backwards (STREAMING=True/False) and the dweight column reduction; SwiGLU at
+I = 3072 and 11008.
 
 Needs triton's NVIDIA backend (the CPU wheel has it) and no GPU; TRITON_INTERPRET must be unset.
 """
@@ -97,7 +98,7 @@ def compile_only(record: list, compile: bool = True):
             if config.pre_hook is not None:  # e.g. the TMA descriptors' block shapes follow the tile
                 config.pre_hook({**self.nargs, **kwargs, **config.all_kwargs()})
             self.fn.run(*args, warmup=True, pickable=config in kept, **{**kwargs, **config.all_kwargs()})
-        self.best_config = kept[0]  # what a launcher reads after a real run (rms_norm's program count)
+        self.best_config = kept[0]  # what a real run would leave for a caller to read
 
     previous_driver = driver._active  # None until first use; reset_active() would build a CUDA driver
     driver.set_active(StandInDriver())
@@ -118,7 +119,7 @@ def launch_model_shapes() -> None:
     import torch
 
     from grokcopy.kernels.flash_attention import flash_attention_backward, flash_attention_forward
-    from grokcopy.kernels.rms_norm import rms_norm_backward, rms_norm_forward
+    from grokcopy.kernels.rms_norm import BACKWARDS, rms_norm_backward, rms_norm_forward
     from grokcopy.kernels.swiglu import swiglu_backward, swiglu_forward
 
     bf16 = torch.bfloat16
@@ -132,11 +133,14 @@ def launch_model_shapes() -> None:
         flash_attention_forward(q, k, v, causal=True, targets=targets, use_tma=True)
         flash_attention_backward(out, q, k, v, out, lse, causal=True)
     for D in NORM_WIDTHS:
-        x, w = torch.empty(16, D, dtype=bf16), torch.empty(D, dtype=bf16)
+        x, w, rstd = torch.empty(16, D, dtype=bf16), torch.empty(D, dtype=bf16), torch.empty(16)
         rms_norm_forward(x, w, 1e-6)
         rms_norm_forward(x, w, 1e-6, residual=torch.empty(16, D))  # fp32 residual stream, bf16 branch
-        rms_norm_backward(x, x, w, 1e-6)
-        rms_norm_backward(x, torch.empty(16, D), w, 1e-6, residual_grad=torch.empty(16, D))
+        for kind in BACKWARDS:  # the streaming backward and the recomputing one it may replace
+            rms_norm_backward(x, x, w, rstd, 1e-6, backward=kind)
+            # the fused op's: fp32 residual stream, its gradient also written in bf16 for the branch
+            rms_norm_backward(x, torch.empty(16, D), w, rstd, 1e-6, residual_grad=torch.empty(16, D),
+                              branch_dtype=bf16, backward=kind)
     for I in SWIGLU_WIDTHS:
         gate, up = torch.empty(16, I, dtype=bf16), torch.empty(16, I, dtype=bf16)
         swiglu_forward(gate, up, torch.empty_like(gate))

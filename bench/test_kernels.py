@@ -17,13 +17,14 @@ Without CUDA everything is skipped ("needs CUDA"); the module imports without it
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import pytest
 import torch
 from triton.testing import do_bench
 
-from grokcopy.kernels import fused_add_rms_norm, rms_norm, swiglu, swiglu_packed
+from grokcopy.kernels import flash_attention, fused_add_rms_norm, rms_norm, swiglu, swiglu_packed
 from grokcopy.kernels.rms_norm import fused_add_rms_norm_reference, rms_norm_reference
 from grokcopy.kernels.swiglu import swiglu_reference
 
@@ -193,3 +194,80 @@ def test_kernel_throughput(op, shape, pass_, provider, measure, benchmark, cuda_
     # (fp32 temporaries, one kernel per op), so losing to it means a broken launch, not a tuning
     # question.
     assert speedups["torch"] > 1.0, f"{op} {pass_} {shape}: slower than eager torch ({speedups['torch']:.2f}x)"
+
+
+# ----------------------------------------------------------------------------------------------
+# Host overhead: eager calls per second through each op on a tiny tensor, where the kernel costs
+# next to nothing and the host work (op dispatch, autograd, argument checks, allocations, the
+# autotuner's lookup) is the whole call, next to plain torch ops on the same tensors.
+#     python -m pytest bench/test_kernels.py -k host --benchmark-columns=mean,ops
+# On a GPU the launches are real. On a CPU (TRITON_INTERPRET unset) the compiled launch is stubbed
+# after the autotuner (bench/static_sm90.py's stand-in sm_90 driver, one config per kernel), so the
+# figure is our op layer's own cost, without Triton's C launcher.
+
+HOST_ROWS, HOST_WIDTH = 4, 64
+HOST_CASES = {
+    "torch-mul": lambda t: lambda: t["x"] * t["w"],
+    "torch-rms_norm": lambda t: lambda: torch.nn.functional.rms_norm(t["x"], (HOST_WIDTH,), t["w"], EPS),
+    "rms_norm": lambda t: lambda: rms_norm(t["x"], t["w"], EPS),
+    "fused_add_rms_norm": lambda t: lambda: fused_add_rms_norm(t["x"], t["r"], t["w"], EPS),
+    "swiglu_packed": lambda t: lambda: swiglu_packed(t["gate_up"]),
+    "flash_attention": lambda t: lambda: flash_attention(t["q"], t["q"], t["q"]),
+    "torch-rms_norm-fwd_bwd": lambda t: lambda: torch.nn.functional.rms_norm(
+        t["xg"], (HOST_WIDTH,), t["wg"], EPS).sum().backward(),
+    "rms_norm-fwd_bwd": lambda t: lambda: rms_norm(t["xg"], t["wg"], EPS).sum().backward(),
+}
+
+
+@pytest.fixture(scope="module")
+def host_tensors():
+    if torch.cuda.is_available():
+        device, stub = torch.device("cuda"), contextlib.nullcontext()
+    else:
+        from grokcopy.kernels._common import interpreting
+
+        if interpreting():
+            pytest.skip("the interpreter runs the kernels in Python: unset TRITON_INTERPRET")
+        device, stub = torch.device("cpu"), stubbed_launches()
+    with stub:
+        x = torch.randn(HOST_ROWS, HOST_WIDTH, device=device)
+        yield {"x": x, "w": torch.ones(HOST_WIDTH, device=device), "r": torch.randn_like(x),
+               "gate_up": torch.randn(HOST_ROWS, 2 * HOST_WIDTH, device=device),
+               "q": torch.randn(1, 2, 16, 16, device=device), "xg": x.clone().requires_grad_(),
+               "wg": torch.ones(HOST_WIDTH, device=device, requires_grad=True)}
+
+
+@contextlib.contextmanager
+def stubbed_launches():
+    """CPU only: kernels 'launch' as a no-op after the autotuner has picked their config."""
+    import importlib
+
+    from triton.runtime import autotuner, driver, jit
+
+    from bench.static_sm90 import StandInDriver
+
+    modules = [importlib.import_module(f"grokcopy.kernels.{n}") for n in ("rms_norm", "swiglu", "flash_attention")]
+    tuned = [k for m in modules for v in vars(m).values() for k in (v.values() if isinstance(v, dict) else [v])
+             if isinstance(k, autotuner.Autotuner)]
+    saved = jit.JITFunction.run, driver._active, {m: m.check_inputs for m in modules}, {k: k.configs for k in tuned}
+    driver.set_active(StandInDriver())
+    jit.JITFunction.run = lambda self, *args, **kwargs: None
+    for module in modules:
+        module.check_inputs = lambda *args, **kwargs: None  # CPU tensors by design
+    for kernel in tuned:  # one config each: nothing to benchmark without a GPU
+        kernel.configs = kernel.configs[:1]
+    try:
+        yield
+    finally:
+        jit.JITFunction.run, driver._active = saved[0], saved[1]
+        for module, check in saved[2].items():
+            module.check_inputs = check
+        for kernel, configs in saved[3].items():
+            kernel.configs = configs
+
+
+@pytest.mark.parametrize("case", list(HOST_CASES))
+def test_host_calls_per_second(case, host_tensors, benchmark):
+    benchmark.extra_info.update(case=case, device=str(host_tensors["x"].device), rows=HOST_ROWS, width=HOST_WIDTH,
+                                launches="real" if host_tensors["x"].is_cuda else "stubbed")
+    benchmark(HOST_CASES[case](host_tensors))

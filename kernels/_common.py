@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 import triton
 import triton.language as tl
+from torch._library.triton import is_wrap_triton_enabled
+from torch._subclasses.fake_tensor import is_fake
 
 SUPPORTED_FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -28,7 +30,7 @@ def kernel_op(name: str, fake: Callable) -> Callable:
     """Decorator: register a function that launches Triton kernels as the torch op grokcopy::<name>.
 
     On a GPU it is a `torch.library.triton_op`: torch.compile traces into the function and records
-    each kernel launched through `launch(kernel)` in its graph, so inductor schedules it among its
+    each kernel launched through `launch` in its graph, so inductor schedules it among its
     own kernels (no opaque call, no forced materialisation around it) and compiles it with its own
     argument types (hence `fp32_scalar`). Under the interpreter it is a `torch.library.custom_op`
     with `fake` as its shape function, because there `wrap_triton` hands back the bare kernel
@@ -49,10 +51,16 @@ def kernel_op(name: str, fake: Callable) -> Callable:
     return register
 
 
-def launch(kernel):
-    """`kernel` as a launcher inside a `kernel_op` calls it: wrapped by `torch.library.wrap_triton` on
-    a GPU (a plain launch when nothing is tracing), itself under the interpreter."""
-    return kernel if interpreting() else torch.library.wrap_triton(kernel)
+def launch(kernel, like: torch.Tensor):
+    """`kernel`, to launch on tensors like `like`: wrapped by `torch.library.wrap_triton` while
+    torch.compile traces a `kernel_op` (then the tensors are fake), so that the launch is recorded in
+    its graph; the bare kernel otherwise. An eager launch through the wrapper would go through
+    torch's kernel-tracing machinery (and it refuses autotune configs with pre-hooks)."""
+    # Inside a kernel_op's eager call torch turns wrapping off: that cheap flag is read first, as
+    # is_fake costs more than the rest of a launch's host work (2026-12-02, CPU profile).
+    if interpreting() or not is_wrap_triton_enabled() or not is_fake(like):
+        return kernel
+    return torch.library.wrap_triton(kernel)
 
 
 def dot_dtype(dtype: torch.dtype) -> tl.dtype:

@@ -796,7 +796,10 @@ def flash_attention_forward(
     descriptors = _tma_descriptors(q, k, v, out, use_tma)
 
     grid = lambda meta: (B * Hq, triton.cdiv(T, meta["BLOCK_M"]))
-    launch(FWD_KERNELS[descriptors is not None])[grid](
+    # The TMA autotuner's pre-hook is refused by torch's wrapper: always bare (never traced, see
+    # _tma_descriptors).
+    kernel = FWD_KERNELS[True] if descriptors is not None else launch(FWD_KERNELS[False], q)
+    kernel[grid](
         q, k, v, out, lse, ent_arg, tm_arg, tgt_arg, *(descriptors or (None,) * 4),
         *q.stride(), *k.stride(), *v.stride(), *out.stride(),
         stride_tb, stride_tt,
@@ -881,17 +884,17 @@ def flash_attention_backward(
 
     delta = torch.empty((B, Hq, T), dtype=torch.float32, device=q.device)
     pre_block = 16 if interpreting() else 64
-    launch(flash_attention_bwd_preprocess_kernel)[(B * Hq, triton.cdiv(T, pre_block))](
+    launch(flash_attention_bwd_preprocess_kernel, q)[(B * Hq, triton.cdiv(T, pre_block))](
         out, dout, delta, *out.stride(), *dout.stride(), Hq, T,
         HEAD_DIM=D, BLOCK_D=BLOCK_D, BLOCK_M=pre_block,
     )
     bucket = _len_bucket(T, S)
-    launch(flash_attention_bwd_dkdv_kernel)[lambda meta: (B * Hkv, triton.cdiv(S, meta["BLOCK_N"]))](
+    launch(flash_attention_bwd_dkdv_kernel, q)[lambda meta: (B * Hkv, triton.cdiv(S, meta["BLOCK_N"]))](
         q, k, v, dout, lse, delta, dk, dv,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dk.stride(), *dv.stride(),
         Hkv, Hq // Hkv, T, S, scale, bucket, **consts,
     )
-    launch(flash_attention_bwd_dq_kernel)[lambda meta: (B * Hq, triton.cdiv(T, meta["BLOCK_M"]))](
+    launch(flash_attention_bwd_dq_kernel, q)[lambda meta: (B * Hq, triton.cdiv(T, meta["BLOCK_M"]))](
         q, k, v, dout, lse, delta, dq,
         *q.stride(), *k.stride(), *v.stride(), *dout.stride(), *dq.stride(),
         Hq, Hq // Hkv, T, S, scale, bucket, **consts,

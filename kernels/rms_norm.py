@@ -28,6 +28,7 @@ the CPU interpreter opaque custom ops, because there tracing a triton_op would r
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -57,22 +58,25 @@ MAX_ROW = 65536
 # a row wider than TILE is one tile. PROGRAMS_PER_SM (backward): programs per SM, each owning a
 # contiguous range of rows and writing one partial dweight row (see rms_norm_bwd_kernel).
 # STAGES (streaming backward): row tiles in flight per program (`tl.range(..., num_stages=...)`).
-# The first config of each list is the one measured on an H100 on 2026-11-25 (bench/results/
-# h100-80gb-hbm3-2026-11-25: backward at 15% of copy bandwidth); the others trade warps per
-# program for more programs in flight, which a latency-bound row loop needs. GROKCOPY_AUTOTUNE=0
-# keeps only the first. The interpreter runs programs one after another: one config, and a
+# The first config of the forward and recomputing-backward lists is the one measured on an H100 on
+# 2026-11-25 (bench/results/h100-80gb-hbm3-2026-11-25: backward at 15% of copy bandwidth); the
+# others trade warps per program for more programs in flight, which a latency-bound row loop
+# needs. GROKCOPY_AUTOTUNE=0 keeps only the first. The interpreter runs programs one after another: one config, and a
 # handful of backward programs are enough to exercise the partial-sum reduction across programs.
 TILE_ELEMENTS = 4096
 INTERPRETER_BWD_PROGRAMS = 4
 _FWD_SHAPES = [(4096, 16), (4096, 8), (4096, 4), (2048, 8), (2048, 4), (8192, 16), (1024, 4)]  # (TILE, warps)
-# (TILE, warps, PROGRAMS_PER_SM, STAGES). The recomputing backward is autotuned over the distinct
-# (TILE, warps, PROGRAMS_PER_SM) of this list with STAGES None (its loop stays a plain range).
-# The streaming backward wants bytes in flight per SM (Little's law: ~18 KB at H100 latency and
-# bandwidth): programs per SM x stages x one tile of dy and x (4096 bf16 elements: 16 KB).
-_BWD_SHAPES = [(4096, 16, 2, 1), (4096, 16, 4, 1), (4096, 8, 4, 1), (4096, 4, 8, 1), (2048, 8, 8, 1),
-               (2048, 4, 8, 1), (8192, 16, 2, 1), (2048, 4, 4, 2), (2048, 8, 4, 2), (1024, 4, 8, 2),
-               (1024, 2, 16, 2), (4096, 8, 2, 2)]
-MAX_BWD_PROGRAMS_PER_SM = max(shape[2] for shape in _BWD_SHAPES)
+# (TILE, warps, PROGRAMS_PER_SM): the recomputing backward's list, as measured on the H100 and H200.
+_RECOMPUTE_BWD_SHAPES = [(4096, 16, 2), (4096, 16, 4), (4096, 8, 4), (4096, 4, 8), (2048, 8, 8), (2048, 4, 8),
+                         (8192, 16, 2)]
+# (TILE, warps, PROGRAMS_PER_SM, STAGES): the streaming backward's. It wants bytes in flight per SM
+# (Little's law: ~18 KB at H100 latency and bandwidth): programs per SM x stages x a tile of dy and
+# x (4 bytes an element in bf16, 8 with the fused op's fp32 residual gradient): 32 KB to 128 KB
+# in bf16 here. (4096, 16, 2, 1) is the measured recomputing config's shape with one tile in
+# flight per program: against it a GPU sees what the saved rstd and the dweight tile give alone.
+_STREAMING_BWD_SHAPES = [(4096, 8, 2, 2), (4096, 16, 2, 1), (4096, 8, 4, 1), (2048, 4, 4, 2), (2048, 8, 4, 2),
+                         (2048, 4, 8, 1), (1024, 4, 8, 2), (1024, 2, 16, 2)]
+MAX_BWD_PROGRAMS_PER_SM = max(shape[2] for shape in _RECOMPUTE_BWD_SHAPES + _STREAMING_BWD_SHAPES)
 # Which backward the ops run: "streaming" (default: fp32 rstd saved by the forward, pipelined row
 # loop, dweight accumulated in a register tile and reduced once) or "recompute" (the backward
 # measured on the H100 and H200: rstd recomputed from x, dweight row-summed every step). Both stay
@@ -90,7 +94,7 @@ def gpu_fwd_configs() -> list[triton.Config]:
 
 def gpu_bwd_configs(streaming: bool) -> list[triton.Config]:
     """The autotune list on a GPU of the streaming backward, or of the recomputing one."""
-    shapes = _BWD_SHAPES if streaming else list(dict.fromkeys((t, w, p, None) for t, w, p, _ in _BWD_SHAPES))
+    shapes = _STREAMING_BWD_SHAPES if streaming else [(t, w, p, None) for t, w, p in _RECOMPUTE_BWD_SHAPES]
     return [triton.Config({"TILE": tile, "PROGRAMS_PER_SM": pps, "STAGES": stages}, num_warps=w)
             for tile, w, pps, stages in shapes]
 
@@ -385,7 +389,7 @@ def rms_norm_forward(
     res2 = as_rows(residual) if residual is not None else None
     block_d = triton.next_power_of_2(n_cols)
     grid = lambda meta: (triton.cdiv(n_rows, rows_per_tile(block_d, meta["TILE"])),)
-    launch(rms_norm_fwd_kernel)[grid](
+    launch(rms_norm_fwd_kernel, x)[grid](
         x2,
         res2,
         weight,
@@ -409,7 +413,12 @@ def rms_norm_forward(
 def _sm_count(device: torch.device) -> int:
     if interpreting() or device.type != "cuda":
         return 1  # the interpreter's config asks for INTERPRETER_BWD_PROGRAMS programs "per SM"
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _cuda_sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.cache
+def _cuda_sm_count(index: int) -> int:  # asked once per device, not at every backward (host time)
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def rms_norm_backward(
@@ -450,7 +459,7 @@ def rms_norm_backward(
     def grid(meta):  # PROGRAMS_PER_SM per SM, at most one per BLOCK_M-row block
         return (min(triton.cdiv(n_rows, rows_per_tile(block_d, meta["TILE"])), meta["PROGRAMS_PER_SM"] * sms),)
 
-    launch(BWD_KERNELS[kind])[grid](
+    launch(BWD_KERNELS[kind], x)[grid](
         dy2,
         x2,
         weight,
@@ -473,7 +482,7 @@ def rms_norm_backward(
         STREAMING=kind == "streaming",
         BLOCK_D=block_d,
     )
-    launch(rms_norm_dweight_kernel)[(triton.cdiv(n_cols, DW_BLOCK_N),)](
+    launch(rms_norm_dweight_kernel, x)[(triton.cdiv(n_cols, DW_BLOCK_N),)](
         dw_partial, n_partials, dweight, n_cols, BLOCK_N=DW_BLOCK_N, BLOCK_P=DW_BLOCK_P, num_warps=4)
     return dx, dx_branch, dweight
 

@@ -1,8 +1,9 @@
-"""Every Triton op is a torch.library custom op that torch.compile captures whole (fullgraph=True, no
-graph break) and differentiates through its registered backward, giving eager's numbers.
-
-aot_eager runs the traced forward and backward graphs without inductor's code generation: that is
-what checks the registration (fake implementations, autograd), and it runs under the interpreter."""
+"""torch.compile over the Triton ops. Under the interpreter every op is a custom op that torch.compile
+captures whole (fullgraph=True, no graph break) and differentiates through its registered backward,
+giving eager's numbers; aot_eager runs the traced graphs without inductor's code generation, which
+checks the registration (fake implementations, autograd). On a GPU the ops are triton_ops that
+torch.compile traces into (kernels/_common.py kernel_op): checked here in a child process with the
+interpreter off, and the kernels' float scalars are fp32 whatever type inductor passes them as."""
 
 import os
 import subprocess
