@@ -122,7 +122,7 @@ def swiglu_forward(gate: torch.Tensor, up: torch.Tensor, out: torch.Tensor) -> N
     if gate.numel() == 0:
         return
     grid, block_m, block_n = _grid_and_blocks(n_rows, n_cols)
-    launch(swiglu_fwd_kernel)[grid](
+    launch(swiglu_fwd_kernel, gate)[grid](
         gate,
         up,
         out,
@@ -145,7 +145,7 @@ def swiglu_backward(
     if gate.numel() == 0:
         return
     grid, block_m, block_n = _grid_and_blocks(n_rows, n_cols)
-    launch(swiglu_bwd_kernel)[grid](
+    launch(swiglu_bwd_kernel, gate)[grid](
         dout,
         gate,
         up,
