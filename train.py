@@ -814,7 +814,7 @@ class LossWatch:
     model starts there and a training run stays below it. Non-finite numbers stop the run; a loss
     above STOP x ln(vocab_size) stops it too (the model then gives the right token a probability of
     vocab_size^-10 on average: confidently wrong everywhere); above WARN x ln(vocab_size) it warns
-    once. Measured (2026-11-27, 60 steps, --warmup-steps 0): tiny at --lr 10 jumps to 2154 = 311 x
+    once. Measured (2026-12-02, 60 steps, --warmup-steps 0): tiny at --lr 10 jumps to 2154 = 311 x
     ln(1024) at step 2 and is still at 178 at step 60; the test model (d32, vocab 257) spikes to
     23.4 = 4.2 x ln(257) at --lr 1 and recovers to 3.0, its loss at --lr 3e-3 being 3.1: a spike a
     run survives warns, it does not stop."""
