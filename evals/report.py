@@ -32,7 +32,7 @@ from pathlib import Path
 
 from grokcopy.cli import run_cli
 from grokcopy.evals import metric_keys as mk
-from grokcopy.evals.claim_tables import forecast_lines, plateau_lines, regime_lines
+from grokcopy.evals.claim_tables import APPROACH_STEPS, forecast_lines, plateau_lines, regime_lines
 from grokcopy.evals.curves import plot_overlay, pyplot
 from grokcopy.evals.noise_scale import pooled_noise_scale
 from grokcopy.evals.onset_laws import OnsetConfig, law_table
@@ -264,8 +264,9 @@ def onset_law_lines(rows: list[dict], onset: str) -> list[str]:
         configs.append(OnsetConfig(lr, batch, [r[onset] for r in group], sum(noise) / len(noise) if noise else None))
     return ["", "## Which law sets the onset", "",
             f"Over the runs' (LR, batch) configurations, the {ONSET_NAMES[onset]} (mean over seeds) against "
-            "candidate laws (evals/onset_laws.py). B_noise: each run's gradient noise scale pooled up to its onset "
-            "(the whole run without one), averaged over seeds.", "", *law_table(configs)]
+            "candidate laws (evals/onset_laws.py). B_noise: each run's gradient noise scale pooled over the "
+            f"{APPROACH_STEPS:,} steps up to its onset "
+            "(up to its last eval without one), averaged over seeds.", "", *law_table(configs)]
 
 
 def _fmt(value) -> str:
@@ -301,7 +302,7 @@ def token_spread(group: list[dict]) -> str:
 
 
 def noise_spread(group: list[dict]) -> str:
-    """B_noise pooled up to the onset over seeds: 'mean [min-max]', in sequences."""
+    """B_noise before the onset (noise_before) over seeds: 'mean [min-max]', in sequences."""
     return mean_range([r["b_noise"] for r in group if r["b_noise"] is not None], ".1f")
 
 
@@ -323,6 +324,13 @@ def seed_spread(rows: list[dict]) -> list[str]:
                      f"{token_spread(group)} | {noise_spread(group)} | "
                      f"{mean_range([r[mk.COPY_ACC] for r in group], '.2f')} |")
     return lines
+
+
+def noise_before(evals: list[dict], onset: int | None) -> float | None:
+    """B_noise pooled over the APPROACH_STEPS up to `onset` (up to the last eval without one): from step
+    0 the warmup's large |G|^2 would dominate it (evals/claim_tables.py)."""
+    end = onset if onset is not None else evals[-1][mk.STEP]
+    return pooled_noise_scale(evals, end, after_step=end - APPROACH_STEPS)
 
 
 def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_THRESHOLD,
@@ -351,7 +359,7 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
                      mk.COPY_ACC: last[mk.COPY_ACC], mk.COPY_GAIN: last[mk.COPY_GAIN],
                      "copy_token_gain": copy_token_gain(last), "seed": config.get("seed", 0),
                      "n_layers": config["model"].get("n_layers"),
-                     "seq_len": config["seq_len"], "b_noise": pooled_noise_scale(evals, onsets[onset]),
+                     "seq_len": config["seq_len"], "b_noise": noise_before(evals, onsets[onset]),
                      **onsets})
     if not rows:
         raise ValueError("none of the run directories has eval records")
