@@ -7,7 +7,8 @@
 # --collect SRC copies each run's config.json, metrics.jsonl and final.json (not its checkpoints) from
 # an `evals.experiment --out SRC` tree into docs/results/reproduction, with the experiments' links
 # (SRC/<experiment>/<label> -> runs/<run name>), so that the reports read the same tree layout.
-# Full reports (every run's curves and layer heatmaps) go to reports/reproduction/<experiment>;
+# Full reports (every run's curves and layer heatmaps) go to reports/reproduction/<experiment>, and
+# reports/reproduction/grid for every run together (its report.md has the claims' stated tests);
 # the figures the page shows are copied to docs/figures/reproduction/<experiment>-<figure>.png.
 # RESULTS, FIGURES and REPORTS override those three folders (tests/test_reproduction_results.py).
 set -euo pipefail
@@ -44,8 +45,15 @@ for experiment in "$results"/*/; do
         if [[ -f "$reports/$name/$figure.png" ]]; then cp "$reports/$name/$figure.png" "$figures/$name-$figure.png"; fi
     done
 done
+# the whole grid at once: report.md's claim tables over every run (the plateau test, the critical-batch
+# regimes, the surge forecasters left one seed out) and the figures drawn from all runs together
+"$py" -m grokcopy.evals.report "$results"/runs/* --out "$reports/grid" --threshold 0.1 --onset copy_surge
+for figure in surge-aligned noise-scale overlay-tokens; do
+    if [[ -f "$reports/grid/$figure.png" ]]; then cp "$reports/grid/$figure.png" "$figures/grid-$figure.png"; fi
+done
 # each run's own curves and layer heatmap for the baseline's seeds (a report names a run by its link)
 for run in "$reports"/baseline/baseline*-curves.png "$reports"/baseline/baseline*-layers.png; do
+    [[ -f "$run" ]] || continue  # no finished baseline run yet
     cp "$run" "$figures/$(basename "$run")"
 done
 echo "figures in $figures, full reports in $reports"
