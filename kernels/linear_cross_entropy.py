@@ -35,10 +35,11 @@ count of valid targets stays on the device (the kernel reads it), so nothing her
 A target outside [0, V) other than ignore_index is not checked (that would sync); it gets the loss
 lse - 0 and no one-hot term, where torch raises.
 
-Registered as a `torch.library.custom_op` with a fake implementation and `register_autograd`, like
-the other ops here (kernels/rms_norm.py says why not triton_op), so `torch.compile` traces it
-without a graph break. The float arguments of the kernel: none; the one scalar that scales the
-gradient, 1 / n_valid, is computed inside the kernel in fp32 from the count it loads.
+Registered by `kernel_op` (kernels/_common.py) with `register_autograd`, as the other ops are: on a
+GPU a `torch.library.triton_op`, so torch.compile traces into it and its graph holds the chunk
+matmuls and the kernel launches themselves; under the interpreter an opaque custom op. The kernel
+takes no float scalars (nothing for fp32_scalar): the one that scales the gradient, 1 / n_valid, is
+computed inside the kernel in fp32 from the count it loads.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import torch
 import triton
 import triton.language as tl
 
-from grokcopy.kernels._common import cast_rne, check_inputs
+from grokcopy.kernels._common import cast_rne, check_inputs, kernel_op, launch
 from grokcopy.kernels.reference import linear_cross_entropy_reference  # noqa: F401 (re-exported)
 
 # Widest block of a logits row a program holds at once; wider rows (V = 32,000 is 8 blocks) are
@@ -140,7 +141,7 @@ def linear_cross_entropy_forward(
             rows = slice(start, min(start + chunk_rows, n_rows))
             x_chunk = x[rows]
             logits = x_chunk @ weight.T  # [C, V], contiguous
-            cross_entropy_rows_kernel[(logits.shape[0],)](
+            launch(cross_entropy_rows_kernel, logits)[(logits.shape[0],)](
                 logits, logits.stride(0), targets[rows], row_loss[rows], n_valid, vocab, ignore_index,
                 WRITE_GRAD=compute_grads, BLOCK_V=block_v, num_warps=NUM_WARPS,
             )
@@ -154,28 +155,24 @@ def linear_cross_entropy_forward(
 
 
 # ----------------------------------------------------------------------------------------------
-# torch.library registration: the op returns the loss and its gradients; autograd scales them.
+# torch.library registration (kernels/_common.py `kernel_op`: triton_op on a GPU, custom_op under the
+# interpreter; the schema from the annotations). The op returns the loss and its gradients; autograd
+# scales them.
 
 
-@torch.library.custom_op(
-    "grokcopy::linear_cross_entropy",
-    mutates_args=(),
-    schema="(Tensor x, Tensor weight, Tensor targets, int ignore_index, int chunk_rows, bool compute_grads)"
-    " -> (Tensor, Tensor, Tensor)",
-)
+def _linear_cross_entropy_fake(x, weight, targets, ignore_index, chunk_rows, compute_grads):
+    loss = x.new_empty((), dtype=torch.float32)
+    if not compute_grads:
+        return loss, x.new_empty(0), weight.new_empty(0)
+    return loss, torch.empty_like(x), torch.empty_like(weight)
+
+
+@kernel_op("linear_cross_entropy", _linear_cross_entropy_fake)
 def _linear_cross_entropy_op(
     x: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, ignore_index: int, chunk_rows: int,
     compute_grads: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return linear_cross_entropy_forward(x, weight, targets, ignore_index, chunk_rows, compute_grads)
-
-
-@_linear_cross_entropy_op.register_fake
-def _(x, weight, targets, ignore_index, chunk_rows, compute_grads):
-    loss = x.new_empty((), dtype=torch.float32)
-    if not compute_grads:
-        return loss, x.new_empty(0), weight.new_empty(0)
-    return loss, torch.empty_like(x), torch.empty_like(weight)
 
 
 def _setup_context(ctx, inputs, output):

@@ -31,9 +31,10 @@ HF, rounds cos and sin to x's dtype and rounds each product and the sum: in bf16
 about one bf16 ulp). Outputs are contiguous [B, T, H, D]; the inputs may be any strided views with
 a unit stride along D (q and k are slices of the packed qkv projection).
 
-Registered as a `torch.library.custom_op` with a fake implementation and `register_autograd`, as
-the other ops here are (kernels/rms_norm.py says why not triton_op). The kernel takes no float
-scalars.
+Registered by `kernel_op` (kernels/_common.py) with `register_autograd`, as the other ops are: on a
+GPU a `torch.library.triton_op`, so torch.compile traces into it and its graph holds the kernel
+launch, forward and backward; under the interpreter an opaque custom op. The kernel takes no float
+scalars (nothing for fp32_scalar).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
-from grokcopy.kernels._common import cast_rne, check_inputs
+from grokcopy.kernels._common import cast_rne, check_inputs, kernel_op, launch
 from grokcopy.kernels.reference import rotary_reference  # noqa: F401 (re-exported)
 
 # Elements of one half-head (D / 2 columns) per program: 2,048, so a program moves 4,096 values of q
@@ -118,7 +119,7 @@ def rotary_forward(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
     block_half = triton.next_power_of_2(half)
     block_t = max(1, TILE_ELEMENTS // block_half)
     grid = (triton.cdiv(B * T, block_t), n_q_heads + n_k_heads)
-    rotary_kernel[grid](
+    launch(rotary_kernel, q)[grid](
         q, k, q_out, k_out, cos, sin,
         B * T, T, n_q_heads, n_k_heads,
         q.stride(0), q.stride(1), q.stride(2),
@@ -130,22 +131,18 @@ def rotary_forward(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: tor
 
 
 # ----------------------------------------------------------------------------------------------
-# torch.library registration
+# torch.library registration (kernels/_common.py `kernel_op`: triton_op on a GPU, custom_op under the
+# interpreter; the schema from the annotations)
 
 
-@torch.library.custom_op(
-    "grokcopy::rotary",
-    mutates_args=(),
-    schema="(Tensor q, Tensor k, Tensor cos, Tensor sin, bool inverse) -> (Tensor, Tensor)",
-)
+def _rotary_fake(q, k, cos, sin, inverse):
+    return q.new_empty(q.shape), k.new_empty(k.shape)
+
+
+@kernel_op("rotary", _rotary_fake)
 def _rotary_op(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                inverse: bool) -> tuple[torch.Tensor, torch.Tensor]:
     return rotary_forward(q, k, cos, sin, inverse)
-
-
-@_rotary_op.register_fake
-def _(q, k, cos, sin, inverse):
-    return q.new_empty(q.shape), k.new_empty(k.shape)
 
 
 def _setup_context(ctx, inputs, output):

@@ -143,11 +143,19 @@ def test_compiled_llama_on_every_triton_backend_matches_eager():
 
 CHILD_ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 TRACE_ON_THE_GPU_PATH = """
+import importlib
+import re
 import torch
 from torch._dynamo.backends.common import aot_autograd
+from torch._higher_order_ops.triton_kernel_wrap import kernel_side_table
 from bench.static_sm90 import compile_only
 from grokcopy import kernels
 from grokcopy.evals.targets import induction_targets
+from grokcopy.model import backends
+from grokcopy.model.llama import rope_tables
+
+for name in ("linear_cross_entropy", "rotary"):  # compile_only lets the other ops take CPU tensors
+    importlib.import_module(f"grokcopy.kernels.{name}").check_inputs = lambda *a, **k: None
 
 graphs = []
 capture = aot_autograd(fw_compiler=lambda gm, _: graphs.append(gm.code) or gm,
@@ -157,29 +165,43 @@ x, residual, w = leaf(8, 64), leaf(8, 64, dtype=torch.float32), leaf(64)
 gate_up, gate, up = leaf(8, 96), leaf(8, 48), leaf(8, 48)
 q, k, v = leaf(1, 2, 32, 64), leaf(1, 1, 32, 64), leaf(1, 1, 32, 64)
 targets = induction_targets(torch.randint(0, 5, (1, 32)))
+cos, sin = rope_tables(32, 64, 10000.0, "cpu")
+hidden, lm_head = leaf(1, 8, 64), leaf(40, 64)  # --loss triton: the LM head and its loss fused
+tokens = torch.randint(0, 40, (1, 8)).masked_fill(torch.arange(8) % 3 == 0, -100)
 
-def step(x, residual, w, gate_up, gate, up, q, k, v):
+def step(x, residual, w, gate_up, gate, up, q, k, v, hidden, lm_head):
     y, new_residual = kernels.fused_add_rms_norm(x, residual, w, 1e-6, out_dtype=torch.bfloat16)
-    out = kernels.flash_attention_with_stats(q, k, v, targets)[0] + kernels.flash_attention(q, k, v)
+    # RoPE as attention="triton" applies it: on [B, T, H, D] views of q and k, before the attention
+    q_rot, k_rot = backends.rope(q.transpose(1, 2), k.transpose(1, 2), cos, sin, "triton")
+    q_rot, k_rot = q_rot.transpose(1, 2), k_rot.transpose(1, 2)
+    out = kernels.flash_attention_with_stats(q_rot, k_rot, v, targets)[0] + kernels.flash_attention(q, k, v)
     return (kernels.rms_norm(new_residual, w).sum() + y.sum() + kernels.swiglu_packed(gate_up).sum()
-            + kernels.swiglu(gate, up).sum() + out.sum())
+            + kernels.swiglu(gate, up).sum() + out.sum() + backends.loss(hidden, lm_head, tokens, "triton"))
 
 with compile_only([], compile=False):  # launches compile nothing: only the trace is under test
-    torch.compile(step, backend=capture, fullgraph=True)(x, residual, w, gate_up, gate, up, q, k, v).backward()
+    torch.compile(step, backend=capture, fullgraph=True)(x, residual, w, gate_up, gate, up, q, k, v, hidden,
+                                                         lm_head).backward()
 code = "\\n".join(graphs)
 print("opaque:", code.count("torch.ops.grokcopy"), "kernels:", code.count("triton_kernel_wrapper_functional("))
+launched = [kernel_side_table.get_kernel(int(i)) for i in re.findall(r"wrapper_functional\\(kernel_idx = (\\d+)", code)]
+print(*sorted(getattr(kernel, "base_fn", kernel).__name__ for kernel in launched))  # base_fn: an autotuned one's
 """
 
 
 def test_compile_traces_into_the_kernels_on_the_gpu_path():
     """Without the interpreter (a GPU's path) the ops are triton_ops: torch.compile's graphs hold the
-    Triton kernels themselves, forward and backward, and no opaque grokcopy op. Checked on the CPU
+    Triton kernels themselves, forward and backward, and no opaque grokcopy op; the step includes
+    triton RoPE (attention="triton") and the fused loss (--loss triton) as the model calls them. Checked on the CPU
     in a child process with the interpreter off, the stand-in sm_90 driver of bench/static_sm90.py
     and launches that compile nothing; what inductor then generates needs a GPU to run."""
     proc = subprocess.run([sys.executable, "-c", TRACE_ON_THE_GPU_PATH], cwd=ROOT, env=CHILD_ENV,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    # forward: 2 norms, 2 attention forwards, 2 SwiGLUs = 6 launches; backward: 2 norm backwards with
-    # a dweight reduction each, 2 attention backwards of 3 kernels each, 2 SwiGLU backwards
-    opaque, launches = (int(n) for n in proc.stdout.split()[1::2])
-    assert opaque == 0 and launches == 6 + 2 * 2 + 2 * 3 + 2, proc.stdout
+    # forward: 2 norms, 2 attention forwards, 2 SwiGLUs, RoPE, the loss's one chunk = 8 launches;
+    # backward: 2 norm backwards with a dweight reduction each, 2 attention backwards of 3 kernels
+    # each, 2 SwiGLU backwards, RoPE's inverse rotation (the loss's gradients come from its forward)
+    counts, names = proc.stdout.splitlines()[-2:]
+    opaque, launches = (int(n) for n in counts.split()[1::2])
+    assert opaque == 0 and launches == 8 + 2 * 2 + 2 * 3 + 2 + 1, proc.stdout
+    names = names.split()
+    assert names.count("rotary_kernel") == 2 and names.count("cross_entropy_rows_kernel") == 1, names
