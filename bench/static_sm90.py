@@ -78,7 +78,7 @@ def compile_only(record: list, compile: bool = True):
 
     # importlib: `kernels.rms_norm` as an attribute is the function that kernels/__init__ exports
     modules = [importlib.import_module(f"grokcopy.kernels.{name}")
-               for name in ("flash_attention", "rms_norm", "swiglu")]
+               for name in ("flash_attention", "rms_norm", "swiglu", "linear_cross_entropy", "rotary")]
     real_run, real_tune_run = jit.JITFunction.run, autotuner.Autotuner.run
     saved_checks = {m: m.check_inputs for m in modules}
 
