@@ -143,7 +143,6 @@ def test_compiled_llama_on_every_triton_backend_matches_eager():
 
 CHILD_ENV = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
 TRACE_ON_THE_GPU_PATH = """
-import importlib
 import re
 import torch
 from torch._dynamo.backends.common import aot_autograd
