@@ -23,6 +23,7 @@ ENTRY_POINTS: list[tuple[str, str]] = [
     ("python -m bench.train_matrix", "train steps for every backend combination, eager and compiled (checkout)"),
     ("python -m bench.static_sm90", "every kernel config compiled for sm_90a: registers, spills (no GPU)"),
     ("python -m bench.step_model", "a roofline account of one training step: the tokens/s and MFU its op counts imply"),
+    ("python -m bench.determinism_cost", "what --deterministic costs the compiled CPU step (paired blocks)"),
     ("python -m bench.gpu_check", "everything that needs a GPU, in one run (scripts/gpu_check.sh wraps it)"),
     ("torchrun --standalone --nproc-per-node=1 train.py", "train (python train.py: one process); --help lists "
                                                            "every flag (checkout)"),
