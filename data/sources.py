@@ -190,7 +190,13 @@ def collect_sources(paths: list[str | os.PathLike], pattern: str = "*",
                 return folder
         return None
 
+    taken: set[Path] = set()  # a file named twice (or a directory and a file in it) is read once: a
+    # document in the corpus twice can land in train and in val, and the val loss is then on training text
+
     def take(f: Path) -> None:
+        if f.resolve() in taken:
+            return
+        taken.add(f.resolve())
         if is_jsonl(f) or is_parquet(f) or not looks_binary(f):
             sources.files.append(f)
         else:

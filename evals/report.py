@@ -30,7 +30,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from grokcopy.cli import run_cli
+from grokcopy.cli import UsageError, run_cli
 from grokcopy.evals import metric_keys as mk
 from grokcopy.evals.claim_tables import APPROACH_STEPS, forecast_lines, plateau_lines, regime_lines
 from grokcopy.evals.curves import plot_overlay, pyplot
@@ -39,7 +39,10 @@ from grokcopy.evals.onset_laws import OnsetConfig, law_table
 from grokcopy.evals.onset_predictor import best_induction, previous_token_below_last, run_series
 from grokcopy.evals.onsets import COPY_SURGE_LEVEL, INDUCTION_THRESHOLD, copy_token_gain, eval_records, run_onsets
 from grokcopy.model.run_dir import RunDir
+from grokcopy.ownership import KIND_NAMES, is_inside, output_kind
 
+# report.md's first line, by which a later report knows the file in --out as its own
+REPORT_TITLE = "# Run report"
 # the layer x step panels of <run>-layers.png, drawn when the records have the key
 LAYER_SCORES = ((mk.best_head(mk.INDUCTION), "induction (repeated random tokens)"),
                 (mk.best_head(mk.PREVIOUS_TOKEN), "previous token (val text)"),
@@ -333,11 +336,36 @@ def noise_before(evals: list[dict], onset: int | None) -> float | None:
     return pooled_noise_scale(evals, end, after_step=end - APPROACH_STEPS)
 
 
+def check_report_args(run_dirs: list[Path], out: Path) -> None:
+    """Raise UsageError, before anything is written, for an --out that is a grokcopy output (a run, a
+    corpus, an export) or lies inside a run, for a report.md there that this command did not write
+    (its first line is REPORT_TITLE), and for a run given twice or two runs of one name: the table,
+    the figures and the seed statistics are keyed by the run's name, so one would count twice or
+    replace the other."""
+    kind = output_kind(out)
+    inside = [r for r in run_dirs if is_inside(out, r)]
+    if kind or inside:
+        what = KIND_NAMES[kind] if kind else f"inside the run {inside[0]}"
+        raise UsageError(f"--out {out} is {what}: a report is written into its own directory; choose another")
+    mine = out / "report.md"
+    if mine.is_file() and not mine.read_bytes().startswith(REPORT_TITLE.encode() + b"\n"):
+        raise UsageError(f"--out {out} holds a report.md this command did not write; nothing was touched: "
+                         "choose another --out")
+    seen: dict[str | Path, Path] = {}
+    for run_dir in run_dirs:
+        for key, same in ((run_dir.resolve(), "the same run"), (run_dir.name, "two runs of the same name")):
+            other = seen.setdefault(key, run_dir)
+            if other is not run_dir:
+                raise UsageError(f"{other} and {run_dir} are {same}: the report would count it twice or draw one "
+                                 "over the other; give each run once, under names of its own")
+
+
 def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_THRESHOLD,
                  onset: str = "copy_onset", forecast_from: list[Path] | None = None) -> Path:
     """All figures and OUT/report.md for `run_dirs`; returns the markdown's path. `onset` (copy_onset
     or copy_surge) is the step the onset-vs-LR figures draw. `forecast_from`: run directories (another
     grid) to fit the surge forecasters on, instead of leaving one seed of these out."""
+    check_report_args(run_dirs, out)
     out.mkdir(parents=True, exist_ok=True)
     runs, rows, series = {}, [], []
     for run_dir in run_dirs:
@@ -383,7 +411,7 @@ def write_report(run_dirs: list[Path], out: Path, threshold: float = INDUCTION_T
         figures.append("noise-scale.png")
 
     lines = [
-        "# Run report", "",
+        REPORT_TITLE, "",
         "Onsets in optimizer steps (definitions: evals/onsets.py). Loss plateau: first eval after which the "
         "smoothed val loss falls by less than 1% over the next 5 evals. Copy onset: first eval whose smoothed "
         "copy gain (exact suffixes) is >= half its maximum in the run. Copy surge: first eval whose smoothed "

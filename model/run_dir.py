@@ -192,6 +192,10 @@ class RunDir:
         """Raise NotARunError unless the directory is missing, empty or a grokcopy run. Touches nothing."""
         if self.path.exists() and not self.path.is_dir():
             raise NotARunError(f"{self.path} is a file, not a directory")
+        holder = next((d for d in self.path.resolve().parents if output_kind(d) in ("corpus", "export")), None)
+        if holder is not None:  # a run inside them would be read (prepare) or ship (export) with them
+            raise NotARunError(f"{self.path} lies inside {holder}, which is {describe_contents(holder)}; nothing "
+                               "was touched. Train into a directory of its own (did you swap --data and --out?)")
         if not self.path.is_dir() or not any(self.path.iterdir()):
             return
         kind = output_kind(self.path)
