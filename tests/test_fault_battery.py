@@ -8,14 +8,14 @@ a mistake ends with a nonzero status and exactly one `error:` line that names th
 exception that is not one of grokcopy's own user-facing errors counts as a traceback, even when
 run_cli turns it into one line, because its words are the interpreter's, not an explanation.
 
-Counts, as for the earlier batteries: 44 cases (parametrized cases counted one by one).
-- Before the fixes (at 6b53489): 0 tracebacks, 6 silent wrong results or lost data, 38 correct.
+Counts, as for the earlier batteries: 48 cases (parametrized cases counted one by one).
+- Before the fixes (at 6b53489): 0 tracebacks, 6 silent wrong results or lost data, 42 correct.
   Lost data: report --out over a directory holding the user's own report.md replaced it. Silent:
   train --out inside a corpus was accepted; prepare --input DIR DIR/doc.txt read doc.txt twice (5
   documents from 3 files, so one can sit in train and in val); report --out RUN wrote report.md and
   figures into the run; report RUN ALIAS (the same run twice) counted it as two seeds; experiment
   --out RUN made runs/ and links inside the run.
-- After the fixes: 0 tracebacks, 0 silent wrong results, 43 correct, 1 strict xfail (experiment
+- After the fixes: 0 tracebacks, 0 silent wrong results, 47 correct, 1 strict xfail (experiment
   --out RUN: the fix belongs in evals/experiment.py, see the mark).
 """
 
@@ -607,3 +607,41 @@ def test_experiment_out_a_run_directory_is_refused(run, capsys, internal_errors,
                        internal_errors)
     refused(code, err, "--out")
     assert snapshot(run.path) == before and sorted(p.name for p in run.path.iterdir()) == names
+
+
+# --- the same directory written another way -------------------------------------------------------------
+
+
+def test_train_out_a_symlink_to_the_corpus_is_refused(corpus, tmp_path, capsys, internal_errors):
+    (tmp_path / "latest").symlink_to(corpus)
+    before = snapshot(corpus)
+    code, _, err = cli(train.main, [*BASE, "--data", str(corpus), "--out", str(tmp_path / "latest"),
+                                    "--max-steps", "2"], capsys, internal_errors)
+    refused(code, err, "a grokcopy corpus")
+    assert snapshot(corpus) == before
+
+
+def test_export_over_the_run_written_another_way_is_refused(run, capsys, internal_errors, monkeypatch):
+    monkeypatch.chdir(run.checkpoints_dir)
+    before = snapshot(run.path)
+    code, _, err = cli(hf_main(), ["export", str(run.path), "../../run/", "--overwrite"], capsys, internal_errors)
+    refused(code, err, "never replaces its own input")
+    assert snapshot(run.path) == before
+
+
+def test_prepare_out_the_input_written_relatively(tmp_path, capsys, internal_errors, monkeypatch):
+    docs = text_dir(tmp_path / "docs")
+    before = snapshot(docs)
+    monkeypatch.chdir(docs)
+    code, _, err = cli(prepare_main, ["--input", str(docs), "--out", "./", "--overwrite", *PREPARE], capsys,
+                       internal_errors)
+    refused(code, err, "--out")
+    assert snapshot(docs) == before
+
+
+def test_inspect_on_a_checkpoint_file_reads_its_run_or_says_so(run, capsys, internal_errors):
+    before = snapshot(run.path)
+    code, out, err = cli(inspect_main, [str(run.checkpoint_path(4))], capsys, internal_errors)
+    if code != 0:
+        refused(code, err, "step-00000004.pt")
+    assert snapshot(run.path) == before
