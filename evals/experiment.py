@@ -31,10 +31,11 @@ import sys
 import time
 from pathlib import Path
 
-from grokcopy.cli import run_cli
+from grokcopy.cli import UsageError, run_cli
 from grokcopy.model import PRESETS
 from grokcopy.model.config import TrainConfig
 from grokcopy.model.run_dir import RunDir
+from grokcopy.ownership import KIND_NAMES, output_kind
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -197,6 +198,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--accum must be >= 1, got {args.accum}")
 
     out = Path(args.out).resolve()  # absolute: train.py runs from the repo root
+    # the grid root holds runs/ and links of its own: never inside a run, a corpus or an export
+    owner = next(((p, kind) for p in (out, *out.parents) if (kind := output_kind(p))), None)
+    if owner:
+        raise UsageError(f"--out {args.out} is {'' if owner[0] == out else 'inside '}{KIND_NAMES[owner[1]]} "
+                         f"({owner[0]}); an experiment writes its runs and links into a directory of its own")
     commands: dict[str, tuple[Path, list[str]]] = {}  # run name -> command, each run once
     # seed-major: a cut-short --seeds 3 has every configuration's seed 0 before any seed 1
     for seed in range(args.seeds):

@@ -15,8 +15,8 @@ Counts, as for the earlier batteries: 48 cases (parametrized cases counted one b
   documents from 3 files, so one can sit in train and in val); report --out RUN wrote report.md and
   figures into the run; report RUN ALIAS (the same run twice) counted it as two seeds; experiment
   --out RUN made runs/ and links inside the run.
-- After the fixes: 0 tracebacks, 0 silent wrong results, 47 correct, 1 strict xfail (experiment
-  --out RUN: the fix belongs in evals/experiment.py, see the mark).
+- After the fixes: 0 tracebacks, 0 silent wrong results, 48 correct (experiment --out RUN: fixed in
+  evals/experiment.py, which now refuses an --out that is or lies inside a run, a corpus or an export).
 """
 
 import errno
@@ -594,9 +594,6 @@ def test_report_on_a_corpus_is_one_line(corpus, tmp_path, capsys, internal_error
 # --- experiment ---------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="evals/experiment.py checks no ownership of --out: it makes OUT/runs and "
-                   "OUT/NAME links inside whatever --out names, a run included; the fix (refuse an --out that is "
-                   "or lies inside a run, a corpus or an export) belongs in experiment.py, outside this change")
 def test_experiment_out_a_run_directory_is_refused(run, capsys, internal_errors, monkeypatch):
     """--out RUN (a single run, not a grid root): links and runs/ would be written inside the run."""
     import grokcopy.evals.experiment as experiment
