@@ -1,7 +1,7 @@
 """Train steps of one model shape for every backend combination, in one process, on the same batches.
 
     python -m bench.train_matrix --preset paper-162m --data DIR --steps 50 --json out.json
-    python -m bench.train_matrix --preset tiny --steps 5 --combos triton-triton-triton   # CPU, interpreter
+    python -m bench.train_matrix --preset tiny --data random --steps 5 --combos triton-triton-triton  # CPU, interpreter
     python -m bench.train_matrix --data random --combos sdpa-torch-torch+compile auto-auto-auto+compile \
         --budget-s 180 --json out.json                  # gpu_check --budget: the headline in a time budget
 
@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="write the results here (rewritten after every case)")
     parser.add_argument("--dry-run", action="store_true", help="check the arguments and print the combinations")
     args = parser.parse_args(argv)
+    if args.steps <= args.warmup:
+        parser.error(f"--steps {args.steps} must exceed --warmup {args.warmup}: the warm-up steps are not timed")
     modes = {"no": [False], "yes": [True], "both": [False, True]}[args.compile]
     try:
         named = [parse_combo(c) for c in args.combos or []]
