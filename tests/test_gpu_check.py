@@ -174,7 +174,8 @@ def test_train_matrix_names_any_combination_and_keeps_to_its_budget(tmp_path, ca
     # a budget too small for any case: each is recorded as skipped, in order, and the JSON is written
     out = tmp_path / "m.json"
     assert train_matrix.main(["--preset", "tiny", "--data", "random", "--steps", "4", "--warmup", "1",
-                              "--budget-s", "5", "--combos", "torch-torch-torch", "auto-auto-auto", f"--json={out}"]) == 0
+                              "--budget-s", "5", "--combos", "torch-torch-torch", "auto-auto-auto",
+                              f"--json={out}"]) == 0
     results = json.loads(out.read_text())["results"]
     assert [(r["combo"], r["error"][:8]) for r in results] == [("torch-torch-torch", "skipped:"),
                                                                ("auto-auto-auto", "skipped:")]
