@@ -347,11 +347,12 @@ def open_run_dir(cfg: TrainConfig, model_cfg: LlamaConfig, data_dir: Path, corpu
     continue it, on the same corpus; refuse a fresh start over an earlier run's history unless
     --restart; write config.json and cut metrics.jsonl back to the checkpoint's step."""
     run = RunDir(cfg.out or f"runs/{cfg.preset}")
+    # Rank 0 alone decides what --out holds: the other ranks would look while rank 0 writes there (its
+    # lock and marker, a fresh run's config.json) and could refuse a run rank 0 accepted; a refusal on
+    # rank 0 ends them all (torchrun stops the other ranks when one fails).
     try:
         if master:  # held until this process ends; a second trainer on the same --out stops here
             run.lock()
-        else:
-            run.check_owned()
     except RunDirInUse as e:
         raise ConfigError(f"--out {e}: wait for it to finish or choose another --out") from None
     except NotARunError as e:
@@ -369,7 +370,7 @@ def open_run_dir(cfg: TrainConfig, model_cfg: LlamaConfig, data_dir: Path, corpu
             raise ConfigError(f"--out {run.path}: {e}; move the damaged files away to start afresh") from None
         resume = Resume(state, state["step"], state.get("tokens", state["step"] * tokens_per_step(cfg, world)))
         check_resume(cfg, model_cfg, state, world, run, log)
-    elif run.history() and not cfg.restart:
+    elif master and run.history() and not cfg.restart:
         raise ConfigError(f"--out {run.path} holds an earlier run ({', '.join(run.history())}) but no checkpoint to "
                           "resume from; pass --restart to start it over (its records are dropped, lines of yours in "
                           "metrics.jsonl kept), or choose another --out")

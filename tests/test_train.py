@@ -122,6 +122,20 @@ def test_compiled_default_is_bit_identical_across_runs_and_kill9_resume(corpus, 
     assert_same_state(final_state(tmp_path / "straight"), final_state(tmp_path / "crashed"))
 
 
+def test_ranks_other_than_0_do_not_judge_the_out_rank_0_is_writing(corpus, tmp_path):
+    """Rank 0 writes its lock, marker and a fresh run's config.json while the other ranks open --out.
+    When rank 1 judged the directory too, it could see rank 0's new config.json as an earlier run's
+    history and stop with exit 2 (a two-process DDP run failed so, 1 run in 2 under load)."""
+    from grokcopy.data import open_corpus
+
+    cfg, model_cfg = train.parse_args([*SMALL, "--data", str(corpus), "--out", str(tmp_path / "run")])
+    data = open_corpus(corpus)
+    train.open_run_dir(cfg, model_cfg, corpus, data, 2, True, lambda *a: None)  # rank 0: lock, config.json
+    assert (tmp_path / "run" / "config.json").is_file()
+    _, resume = train.open_run_dir(cfg, model_cfg, corpus, data, 2, False, lambda *a: None)  # rank 1, later
+    assert resume.state is None
+
+
 @pytest.mark.slow
 def test_resume_may_switch_backend_but_not_shape(corpus, tmp_path):
     """A run can continue on other kernels (say a CPU run resumed on a GPU); not with another shape."""
