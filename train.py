@@ -457,9 +457,9 @@ def forward_dtype(flag: str, device: torch.device) -> torch.dtype:
     return torch.bfloat16
 
 
-def use_deterministic_algorithms(cfg: TrainConfig, device: torch.device, log) -> bool:
+def use_deterministic_algorithms(cfg: TrainConfig, device: torch.device, log) -> None:
     """Make every kernel of the step sum in a fixed order, so that a run and its kill -9 + resume are
-    bit-identical at a fixed thread count. Returns whether it did (--deterministic; default: CPU only).
+    bit-identical at a fixed thread count (--deterministic; default: on for the CPU only).
 
     Eager CPU kernels already are. The one compiled op that is not (found by bisection, issue 28):
     inductor fuses the embedding's backward (a scatter-add of the token gradients into the rows of
@@ -476,7 +476,7 @@ def use_deterministic_algorithms(cfg: TrainConfig, device: torch.device, log) ->
     be in the environment: we only warn)."""
     on = cfg.deterministic if cfg.deterministic is not None else device.type == "cpu"
     if not on:
-        return False
+        return
     if device.type == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         import torch._inductor.config as inductor_config
@@ -488,7 +488,6 @@ def use_deterministic_algorithms(cfg: TrainConfig, device: torch.device, log) ->
                 "may pick another launch config (another summation order) after a resume")
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = False
-    return True
 
 
 def build_model(cfg: TrainConfig, model_cfg: LlamaConfig, device: torch.device, world: int, fresh: bool, log):
