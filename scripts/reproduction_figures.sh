@@ -51,9 +51,16 @@ done
 for figure in surge-aligned noise-scale overlay-tokens; do
     if [[ -f "$reports/grid/$figure.png" ]]; then cp "$reports/grid/$figure.png" "$figures/grid-$figure.png"; fi
 done
-# each run's own curves and layer heatmap for the baseline's seeds (a report names a run by its link)
+# each run's own curves and layer heatmap for the baseline's seeds (a report names a run by its link),
+# and the layer heatmaps of the 6-layer runs: depth/ (an eval every 300 steps) and depth-eval100/, the
+# same seed-0 run observed every 100 steps up to step 3,290 (a directory of its own, not a link: it
+# was stopped after its surge, so it is no grid run and --collect does not copy it)
 for run in "$reports"/baseline/baseline*-curves.png "$reports"/baseline/baseline*-layers.png; do
     [[ -f "$run" ]] || continue  # no finished baseline run yet
     cp "$run" "$figures/$(basename "$run")"
+done
+for run in "$reports"/depth/layers6*-layers.png "$reports"/depth-eval100/*-layers.png; do
+    [[ -f "$run" ]] || continue
+    cp "$run" "$figures/$(basename "$(dirname "$run")")-$(basename "$run")"
 done
 echo "figures in $figures, full reports in $reports"
